@@ -1,0 +1,542 @@
+"""Long-tailed benchmarks of MiSLAS (Zhong et al., CVPR 2021) as `datasets.Dataset` objects.
+
+* CIFAR-10-LT / CIFAR-100-LT: the balanced CIFAR training set cut to an exponential (or step) profile exactly as the
+  reference implementation does (dvlab-research/MiSLAS `datasets/cifar10.py`, itself LDAM-DRW's `IMBALANCECIFAR10`);
+  the test set stays balanced.
+* ImageNet-LT, Places-LT, iNaturalist 2018: the official split lists (`relative/path.jpg label` per line), with class
+  ids remapped so that class 0 has the most training images (reference `datasets/imagenet.py`, `LT_Dataset`).
+* The reference's image transforms per family ("cifar", "imagenet"), built on kornia and applied lazily with
+  `Dataset.set_transform`, and the matching transformers image processor for inference.
+
+`load_benchmark` ties these together by benchmark name. This module does not import the model or the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import kornia.augmentation as K
+import numpy as np
+import torch
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+"""Per-channel mean the reference normalises CIFAR images with (`datasets/cifar10.py`, `cifar100.py`)."""
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+"""Per-channel standard deviation the reference normalises CIFAR images with."""
+
+PROFILES = ("exp", "step")
+"""Long-tailed profiles of `long_tailed_class_counts` (those of LDAM-DRW / the reference)."""
+FAMILIES = ("cifar", "imagenet")
+"""Transform families of `make_transform` and `make_image_processor`."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels and class counts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _label_feature(dataset: datasets.Dataset, label_column: str):
+    """The feature of `label_column`, checked to be a `ClassLabel` or an integer `Value`."""
+    if label_column not in dataset.column_names:
+        raise ValueError(
+            f"label column '{label_column}' not found; the dataset has columns {dataset.column_names}: "
+            f"pass label_column=<the column holding the integer class ids>"
+        )
+    feature = dataset.features[label_column]
+    is_integer = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    if not (isinstance(feature, datasets.ClassLabel) or is_integer):
+        raise ValueError(
+            f"label column '{label_column}' has feature {feature}; it must be a datasets.ClassLabel or an integer "
+            f"Value (cast it with dataset.cast_column('{label_column}', datasets.ClassLabel(names=...)))"
+        )
+    return feature
+
+
+def dataset_labels(dataset: datasets.Dataset, label_column: str = "label") -> list[int]:
+    """The labels of `dataset` in row order, read from the Arrow column (no image is decoded).
+
+    Works on a dataset with `set_transform` applied: `with_format("arrow", columns=[label_column])` returns a new
+    view whose formatting replaces the transform, so the transform is neither called nor removed from `dataset`;
+    the view honours the indices mapping left by `select`/`shuffle`.
+    """
+    _label_feature(dataset, label_column)
+    return dataset.with_format("arrow", columns=[label_column])[label_column].to_pylist()
+
+
+def class_counts(dataset: datasets.Dataset, label_column: str = "label", num_classes: int | None = None) -> list[int]:
+    """Number of rows of each class of `dataset` (index = class id), read without decoding any image.
+
+    `num_classes` defaults to the `ClassLabel`'s number of names, or to the largest label + 1 for an integer column.
+    Like `dataset_labels`, this works on a dataset with `set_transform` applied.
+    """
+    feature = _label_feature(dataset, label_column)
+    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
+    if num_classes is None:
+        is_class_label = isinstance(feature, datasets.ClassLabel)
+        num_classes = feature.num_classes if is_class_label else int(labels.max(initial=-1)) + 1
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"label column '{label_column}' holds ids in [{labels.min()}, {labels.max()}], outside "
+            f"[0, {num_classes}) for num_classes={num_classes}: pass the right num_classes"
+        )
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CIFAR-LT: the long-tailed cut of a balanced dataset
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def long_tailed_class_counts(
+    n_max: float, num_classes: int, imbalance_factor: float, profile: str = "exp"
+) -> list[int]:
+    """Per-class image counts of a long-tailed cut (reference `IMBALANCECIFAR10.get_img_num_per_cls`).
+
+    "exp": class c keeps `int(n_max * (1 / imbalance_factor) ** (c / (num_classes - 1)))`, so class 0 keeps `n_max`
+    and the last class `n_max / imbalance_factor` (the paper's beta = N_max / N_min, Sec. 4.1).
+    "step": the first `num_classes // 2` classes keep `int(n_max)`, the others `int(n_max / imbalance_factor)` (for an
+    odd number of classes the reference drops the last class; here it is a tail class).
+    `imbalance_factor` is written as in the paper (100, 50, 10); the reference's `imb_factor=0.01` is 1/100.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile='{profile}' is unknown: use one of {PROFILES}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}: a long-tailed profile needs at least 2 classes")
+    if not (math.isfinite(imbalance_factor) and imbalance_factor >= 1):
+        raise ValueError(
+            f"imbalance_factor={imbalance_factor} must be a finite number >= 1, written as in the paper "
+            f"(N_max / N_min, e.g. 100), not as the reference's imb_factor (0.01)"
+        )
+    if profile == "exp":
+        return [int(n_max * (1 / imbalance_factor) ** (c / (num_classes - 1))) for c in range(num_classes)]
+    head = num_classes // 2
+    return [int(n_max)] * head + [int(n_max / imbalance_factor)] * (num_classes - head)
+
+
+def make_long_tailed(
+    dataset: datasets.Dataset,
+    imbalance_factor: float,
+    label_column: str = "label",
+    profile: str = "exp",
+    seed: int = 0,
+) -> datasets.Dataset:
+    """Cut a balanced dataset (CIFAR) to a long-tailed one, selecting exactly the reference's images.
+
+    Reference (`datasets/cifar10.py`, `IMBALANCECIFAR10.gen_imbalanced_data`): `n_max = len(dataset) / num_classes`,
+    counts from `long_tailed_class_counts`, then after `np.random.seed(seed)`, for each class in ascending order the
+    indices of that class are shuffled with `np.random.shuffle` and the first `n_c` are kept. A private
+    `np.random.RandomState(seed)` draws the identical stream without touching numpy's global RNG.
+    The result is ordered class by class (`dataset.select`, no copy of the data): CIFAR-10 with factor 100 keeps
+    12,406 images (5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50).
+    """
+    feature = _label_feature(dataset, label_column)
+    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
+    num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else len(np.unique(labels))
+    targets = long_tailed_class_counts(len(dataset) / num_classes, num_classes, imbalance_factor, profile)
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c, target in enumerate(targets):
+        idx = np.where(labels == c)[0]
+        if len(idx) < target:
+            raise ValueError(
+                f"class {c} of label column '{label_column}' has {len(idx)} rows but the {profile} profile with "
+                f"imbalance_factor={imbalance_factor} needs {target}: make_long_tailed expects a balanced dataset "
+                f"(every class with len(dataset) / num_classes rows)"
+            )
+        rng.shuffle(idx)
+        keep.append(idx[:target])
+    return dataset.select(np.concatenate(keep))
+
+
+def subset(dataset: datasets.Dataset, max_samples: int, seed: int = 0, label_column: str = "label") -> datasets.Dataset:
+    """A deterministic, class-proportional subset of about `max_samples` rows (for `--max_train_samples`).
+
+    Applied after the long-tailed cut, it keeps the profile: class c keeps `max(1, int(n_c * max_samples / N))` of
+    its `n_c` rows (N = len(dataset)), drawn with `np.random.RandomState(seed)`, so the total is at most
+    `max_samples` plus the number of classes lifted to 1, and never more than `n_c` per class. Rows keep their order.
+    Returns `dataset` itself when `max_samples >= len(dataset)`.
+    """
+    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
+    num_present = len(np.unique(labels))
+    if max_samples < num_present:
+        raise ValueError(
+            f"max_samples={max_samples} is below the {num_present} classes present: a subset keeps at least one "
+            f"image per class, so pass max_samples >= {num_present}"
+        )
+    if max_samples >= len(dataset):
+        return dataset
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.where(labels == c)[0]
+        quota = max(1, int(len(idx) * max_samples / len(dataset)))
+        keep.append(rng.permutation(idx)[:quota])
+    return dataset.select(np.sort(np.concatenate(keep)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ImageNet-LT / Places-LT / iNaturalist 2018: official split lists
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_list_file(list_file: Path) -> tuple[list[str], list[int]]:
+    """Relative paths and original class ids of a split list (`relative/path.jpg label` per line)."""
+    if not list_file.is_file():
+        raise FileNotFoundError(f"split list {list_file} not found: pass the path of the official list file")
+    paths, ids = [], []
+    with open(list_file, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise ValueError(
+                    f"{list_file}, line {line_number}: expected 'relative/path.jpg label' with an integer label, "
+                    f"got {line.strip()!r}"
+                )
+            paths.append(fields[0])
+            ids.append(int(fields[1]))
+    if not paths:
+        raise ValueError(f"split list {list_file} has no entries")
+    return paths, ids
+
+
+def _check_images_exist(image_paths: Sequence[str], list_file: Path, image_root: Path) -> None:
+    """Raise `FileNotFoundError` naming the first missing image, its list file and the image root."""
+    missing = [path for path in image_paths if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(image_paths)} images listed in {list_file} are missing under the image "
+            f"root {image_root}, e.g. {missing[0]}: pass as image root (data_dir) the folder the list's relative "
+            f"paths start from"
+        )
+
+
+def load_list_file_dataset(
+    train_list: str | os.PathLike,
+    test_list: str | os.PathLike,
+    image_root: str | os.PathLike,
+    check_files: bool = True,
+) -> datasets.DatasetDict:
+    """ImageNet-LT / Places-LT / iNaturalist 2018 from their split lists, as a `DatasetDict` with train and test.
+
+    Columns: `image` (`datasets.Image()` holding the path `image_root/relative/path`, decoded lazily) and `label`
+    (`datasets.ClassLabel`). As in the reference (`datasets/imagenet.py`, `LT_Dataset`), class ids are remapped so
+    that class 0 has the most training images and ids descend by training count; ties keep the original id order
+    (a stable sort; the reference's `np.argsort` is not stable, so tied classes may be numbered differently there).
+    The test list goes through the same map. Class `k`'s name is `"orig_<original id>"`. The number of classes is
+    the largest original id in either list + 1 (classes with no training image come last).
+    `check_files=True` checks that every listed image exists before returning (`FileNotFoundError` otherwise);
+    `check_files=False` only reads the lists (e.g. to count classes without the images).
+    """
+    image_root = Path(image_root)
+    lists = {"train": Path(train_list), "test": Path(test_list)}
+    entries = {split: _read_list_file(list_file) for split, list_file in lists.items()}
+    num_classes = max(max(ids) for _, ids in entries.values()) + 1
+    train_counts = np.bincount(entries["train"][1], minlength=num_classes)
+    by_count = np.argsort(-train_counts, kind="stable")
+    class_map = np.empty(num_classes, dtype=np.int64)
+    class_map[by_count] = np.arange(num_classes)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"orig_{orig}" for orig in by_count])}
+    )
+    splits = {}
+    for split, (relative_paths, ids) in entries.items():
+        image_paths = [str(image_root / path) for path in relative_paths]
+        if check_files:
+            _check_images_exist(image_paths, lists[split], image_root)
+        labels = class_map[np.asarray(ids)].tolist()
+        splits[split] = datasets.Dataset.from_dict({"image": image_paths, "label": labels}, features=features)
+    return datasets.DatasetDict(splits)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transforms (training / evaluation) and the inference image processor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _to_float_tensor(image) -> torch.Tensor:
+    """A PIL image (any mode) as an RGB float32 CHW tensor in [0, 1], via a uint8 numpy array."""
+    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+class BatchImageTransform:
+    """Callable for `Dataset.set_transform`: a batch dict -> `{"pixel_values": [CHW float32], "labels": [int]}`.
+
+    `per_image` (optional) maps one `(1, C, H, W)` image to a fixed size (for images of different sizes);
+    `batch_ops` then runs on the stacked batch. Both are kornia modules drawing their randomness from torch's global
+    RNG, per sample (DataLoader workers seed it). Build it with `make_transform`.
+    """
+
+    def __init__(
+        self,
+        per_image: torch.nn.Module | None,
+        batch_ops: torch.nn.Module,
+        image_column: str = "image",
+        label_column: str = "label",
+    ):
+        self.per_image = per_image
+        self.batch_ops = batch_ops
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __call__(self, batch: dict) -> dict:
+        """Transform one batch (columns as lists) of a `datasets.Dataset`."""
+        for column in (self.image_column, self.label_column):
+            if column not in batch:
+                raise ValueError(
+                    f"column '{column}' not in the batch (columns {list(batch)}): pass the dataset's column names "
+                    f"as image_column/label_column of make_transform"
+                )
+        images = [_to_float_tensor(image) for image in batch[self.image_column]]
+        if self.per_image is not None:
+            images = [self.per_image(image[None])[0] for image in images]
+        sizes = {tuple(image.shape[1:]) for image in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images of sizes {sorted(sizes)} in one batch: the 'cifar' transform expects equal-sized (32x32) "
+                f"images; use family 'imagenet' for images of varying size"
+            )
+        with torch.no_grad():
+            pixel_values = self.batch_ops(torch.stack(images))
+        return {
+            "pixel_values": list(pixel_values.unbind(0)),
+            "labels": [int(label) for label in batch[self.label_column]],
+        }
+
+
+def make_transform(
+    family: str, train: bool, image_column: str = "image", label_column: str = "label"
+) -> BatchImageTransform:
+    """The reference's image transform of `family` ("cifar" or "imagenet"), for `Dataset.set_transform`.
+
+    cifar (reference `datasets/cifar10.py`): train = RandomCrop 32 with 4-pixel zero padding, horizontal flip
+    (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only.
+    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): train =
+    RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, ColorJitter(0.4, 0.4, 0.4, hue 0),
+    normalise with the ImageNet mean/std; eval = resize the shorter side to 256 (antialiased bilinear, as PIL does),
+    centre crop 224, normalise. kornia's RandomResizedCrop does not antialias. Note that the reference normalises
+    iNaturalist 2018 with its own statistics (mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192)).
+    Images of any PIL mode are converted to RGB.
+    """
+    if family == "cifar":
+        normalize = K.Normalize(torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD))
+        per_image = None
+        if train:
+            batch_ops = torch.nn.Sequential(
+                K.RandomCrop((32, 32), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
+            )
+        else:
+            batch_ops = torch.nn.Sequential(normalize)
+    elif family == "imagenet":
+        normalize = K.Normalize(torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD))
+        if train:
+            per_image = K.RandomResizedCrop((224, 224), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), align_corners=False)
+            batch_ops = torch.nn.Sequential(
+                K.RandomHorizontalFlip(p=0.5),
+                K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
+                normalize,
+            )
+        else:
+            per_image = torch.nn.Sequential(
+                K.Resize(256, side="short", antialias=True, align_corners=False), K.CenterCrop(224)
+            )
+            batch_ops = torch.nn.Sequential(normalize)
+    else:
+        raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
+    return BatchImageTransform(per_image, batch_ops, image_column, label_column)
+
+
+def make_image_processor(family: str) -> ConvNextImageProcessorPil:
+    """The transformers image processor that reproduces `make_transform(family, train=False)` for inference.
+
+    imagenet: `ConvNextImageProcessor` with `shortest_edge=224, crop_pct=224/256`, i.e. resize the shorter side to
+    256 (bilinear) and centre crop 224, ImageNet mean/std (the layout of microsoft/resnet-50's processor, which
+    uses bicubic; bilinear matches the reference's `transforms.Resize`).
+    cifar: the same class with `shortest_edge=32, crop_pct=1`: an identity on 32x32 CIFAR images (only rescale by
+    1/255 and normalise with `CIFAR_MEAN`/`CIFAR_STD`), while any other image is brought to 32x32 instead of being
+    fed at full size.
+    The PIL backend needs no torchvision; a saved processor reloads with `AutoImageProcessor.from_pretrained`
+    (which picks the torchvision backend where torchvision is installed).
+    """
+    if family == "cifar":
+        size, crop_pct, mean, std = 32, 1.0, CIFAR_MEAN, CIFAR_STD
+    elif family == "imagenet":
+        size, crop_pct, mean, std = 224, 224 / 256, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
+    return ConvNextImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_pct=crop_pct,
+        resample=PILImageResampling.BILINEAR,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Benchmarks by name
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark comes from and how the reference evaluates it (see `BENCHMARKS`)."""
+
+    family: str
+    hub_id: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    train_list: str | None = None
+    test_list: str | None = None
+    class_group_boundaries: tuple[tuple[int, int], ...] | None = None
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    # Many / Medium / Few class-index ranges of the reference configs (config/cifar*/*.yaml, every imbalance factor).
+    "cifar10-lt": BenchmarkSpec(
+        "cifar", hub_id="uoft-cs/cifar10", image_column="img", label_column="label",
+        class_group_boundaries=((0, 3), (3, 7), (7, 10)),
+    ),
+    "cifar100-lt": BenchmarkSpec(
+        "cifar", hub_id="uoft-cs/cifar100", image_column="img", label_column="fine_label",
+        class_group_boundaries=((0, 36), (36, 71), (71, 100)),
+    ),
+    "imagenet-lt": BenchmarkSpec("imagenet", train_list="ImageNet_LT_train.txt", test_list="ImageNet_LT_test.txt"),
+    "places-lt": BenchmarkSpec("imagenet", train_list="Places_LT_train.txt", test_list="Places_LT_test.txt"),
+    "inat2018": BenchmarkSpec("imagenet", train_list="iNaturalist18_train.txt", test_list="iNaturalist18_val.txt"),
+}
+"""The benchmarks of the paper (Sec. 4.1): CIFAR from the Hub (or a local parquet copy), the others from split lists."""
+
+
+@dataclass(frozen=True)
+class LongTailedBenchmark:
+    """A loaded benchmark: the splits plus what a trainer needs to know about them.
+
+    `splits`: `DatasetDict` with `train` (long-tailed) and `test`, columns `image` and `label`. `class_counts`:
+    training images per class. `class_group_boundaries`: Many/Medium/Few as `((0, a), (a, b), (b, num_classes))`
+    class-index ranges where the reference fixes them (CIFAR), else None (then use the paper's thresholds
+    >100 / 20-100 / <20 training images on `class_counts`). `imbalance_factor` is None for list-file benchmarks.
+    """
+
+    name: str
+    family: str
+    splits: datasets.DatasetDict
+    class_counts: list[int]
+    class_names: list[str]
+    class_group_boundaries: tuple[tuple[int, int], ...] | None
+    imbalance_factor: float | None
+
+
+def _canonical_columns(split: datasets.Dataset, spec: BenchmarkSpec, source: str) -> datasets.Dataset:
+    """Keep only the image and label columns of a Hub/parquet split, renamed to `image` and `label`."""
+    chosen = []
+    for preferred, canonical in ((spec.image_column, "image"), (spec.label_column, "label")):
+        column = next((c for c in (preferred, canonical) if c in split.column_names), None)
+        if column is None:
+            raise ValueError(
+                f"{source} has columns {split.column_names}, none of them '{preferred}' or '{canonical}': "
+                f"pass a copy of {spec.hub_id} with its original columns"
+            )
+        chosen.append((column, canonical))
+    split = split.select_columns([column for column, _ in chosen])
+    return split.rename_columns({column: canonical for column, canonical in chosen if column != canonical})
+
+
+def _load_hub_or_parquet(name: str, spec: BenchmarkSpec, dataset_name: str | None) -> datasets.DatasetDict:
+    """Load a CIFAR benchmark's raw splits from the Hub id, or from `dataset_name` (Hub id or local folder)."""
+    source = dataset_name or spec.hub_id
+    if source.startswith(("/", ".", "~")) or os.path.isdir(source):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"dataset_name {source}: folder not found; pass a folder holding the parquet files")
+        source = str(folder)
+    try:
+        raw = datasets.load_dataset(source)
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"cannot reach the Hugging Face Hub to load '{source}' for {name} ({err}). Use a local copy: download "
+            f"it once where there is network (`hf download {source} --repo-type dataset --local-dir "
+            f"/path/to/{name}`), then pass `--dataset_name /path/to/{name}` (dataset_name='/path/to/{name}', a "
+            f"folder with the train/test parquet files)"
+        ) from err
+    for split in ("train", "test"):
+        if split not in raw:
+            raise ValueError(f"{source} has splits {list(raw)}: {name} needs a 'train' and a 'test' split")
+    return datasets.DatasetDict({split: _canonical_columns(raw[split], spec, source) for split in ("train", "test")})
+
+
+def load_benchmark(
+    name: str,
+    imbalance_factor: float = 100,
+    dataset_name: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    train_list: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> LongTailedBenchmark:
+    """Load a benchmark of `BENCHMARKS` by name ("cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018").
+
+    CIFAR: from the Hub id (`uoft-cs/cifar10`, `uoft-cs/cifar100`) or from `dataset_name`, a Hub id or a local folder
+    of parquet files (as `--dataset_name` of transformers' run_image_classification.py); the training split is cut
+    by `make_long_tailed(imbalance_factor, seed=seed)`, the test split stays balanced. `ConnectionError` when the
+    Hub cannot be reached, saying how to pass a local copy.
+    List-file benchmarks: `data_dir` is the image root; the split lists default to the reference's file names
+    (e.g. `Places_LT_train.txt`) inside `data_dir` unless `train_list`/`test_list` are given; `imbalance_factor` and
+    `seed` do not apply (the lists fix the profile). See `load_list_file_dataset` for `check_files`.
+    """
+    key = name.lower()
+    if key not in BENCHMARKS:
+        raise ValueError(f"benchmark '{name}' is unknown: use one of {sorted(BENCHMARKS)}")
+    spec = BENCHMARKS[key]
+    if spec.hub_id is not None:
+        if data_dir is not None or train_list is not None or test_list is not None:
+            raise ValueError(
+                f"{key} is loaded from parquet files: pass a local copy as dataset_name (a folder of parquet files), "
+                f"not data_dir/train_list/test_list"
+            )
+        raw = _load_hub_or_parquet(key, spec, dataset_name)
+        splits = datasets.DatasetDict(
+            {"train": make_long_tailed(raw["train"], imbalance_factor, seed=seed), "test": raw["test"]}
+        )
+        factor = imbalance_factor
+    else:
+        if dataset_name is not None:
+            raise ValueError(f"{key} is read from split lists: pass the image root as data_dir, not dataset_name")
+        if data_dir is None:
+            raise ValueError(
+                f"{key} needs data_dir: the image root its split lists ({spec.train_list}, {spec.test_list}) are "
+                f"relative to (the lists are looked up there unless train_list/test_list are given)"
+            )
+        splits = load_list_file_dataset(
+            train_list if train_list is not None else Path(data_dir) / spec.train_list,
+            test_list if test_list is not None else Path(data_dir) / spec.test_list,
+            data_dir,
+            check_files=check_files,
+        )
+        factor = None
+    counts = class_counts(splits["train"])
+    label_feature = splits["train"].features["label"]
+    is_class_label = isinstance(label_feature, datasets.ClassLabel)
+    class_names = list(label_feature.names) if is_class_label else [str(c) for c in range(len(counts))]
+    return LongTailedBenchmark(
+        name=key,
+        family=spec.family,
+        splits=splits,
+        class_counts=counts,
+        class_names=class_names,
+        class_group_boundaries=spec.class_group_boundaries,
+        imbalance_factor=factor,
+    )

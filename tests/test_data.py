@@ -1,0 +1,472 @@
+"""mislas_hf.data: long-tailed CIFAR cut, split lists, label reading, transforms, image processors, benchmarks."""
+
+import collections
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from mislas_hf.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    class_counts,
+    dataset_labels,
+    load_benchmark,
+    load_list_file_dataset,
+    long_tailed_class_counts,
+    make_image_processor,
+    make_long_tailed,
+    make_transform,
+    subset,
+)
+
+CIFAR10_LT_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+@pytest.fixture(scope="module")
+def cifar10(cifar10_dir) -> datasets.DatasetDict:
+    """The real CIFAR-10 (columns img, label), read from the parquet folder."""
+    return datasets.load_dataset(str(cifar10_dir))
+
+
+def labels_dataset(labels, num_classes=None) -> datasets.Dataset:
+    """An in-memory dataset with only a ClassLabel column."""
+    names = [str(c) for c in range(num_classes or max(labels) + 1)]
+    return datasets.Dataset.from_dict(
+        {"label": list(labels)}, features=datasets.Features({"label": datasets.ClassLabel(names=names)})
+    )
+
+
+def reference_counts(n_max, num_classes, imb_factor):
+    """Per-class counts written as the reference does, with its imb_factor = 1 / beta (0.01 for beta = 100)."""
+    return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def reference_long_tailed_rows(labels, imb_factor, seed=0):
+    """Rows the reference keeps: np.random.seed, then per class np.random.shuffle and the first n_c (global RNG)."""
+    targets = np.asarray(labels)
+    classes = np.unique(targets)
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    rows = []
+    for c, n in zip(classes, reference_counts(len(targets) / len(classes), len(classes), imb_factor)):
+        idx = np.where(targets == c)[0]
+        np.random.shuffle(idx)
+        rows.extend(idx[:n].tolist())
+    np.random.set_state(saved)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- long-tailed counts
+
+
+@pytest.mark.parametrize(
+    "num_classes, n_max, factor, total",
+    [(10, 5000, 100, 12406), (10, 5000, 50, 13996), (10, 5000, 10, 20431),
+     (100, 500, 100, 10847), (100, 500, 50, 12608), (100, 500, 10, 19573)],
+)
+def test_long_tailed_class_counts_match_reference_and_known_totals(num_classes, n_max, factor, total):
+    counts = long_tailed_class_counts(n_max, num_classes, factor)
+    assert counts == reference_counts(n_max, num_classes, 1 / factor)
+    assert sum(counts) == total
+    assert counts[0] == n_max and counts[-1] == n_max // factor
+
+
+def test_long_tailed_class_counts_step_and_errors():
+    assert long_tailed_class_counts(5000, 10, 100, "step") == [5000] * 5 + [50] * 5
+    assert long_tailed_class_counts(500, 5, 10, "step") == [500, 500, 50, 50, 50]
+    assert long_tailed_class_counts(500, 4, 1) == [500] * 4
+    with pytest.raises(ValueError, match="imbalance_factor"):
+        long_tailed_class_counts(5000, 10, 0.01)
+    with pytest.raises(ValueError, match="profile"):
+        long_tailed_class_counts(5000, 10, 100, "linear")
+    with pytest.raises(ValueError, match="num_classes"):
+        long_tailed_class_counts(5000, 1, 100)
+
+
+# ----------------------------------------------------------------------------------------------- make_long_tailed
+
+
+@pytest.mark.slow
+def test_make_long_tailed_cifar10_selects_the_reference_rows(cifar10):
+    train = cifar10["train"].add_column("row", list(range(len(cifar10["train"]))))
+    np.random.seed(1234)
+    rng_before = np.random.get_state()
+    lt = make_long_tailed(train, 100)
+    rng_after = np.random.get_state()
+    assert rng_before[1].tolist() == rng_after[1].tolist() and rng_before[2] == rng_after[2]
+
+    assert len(lt) == 12406
+    assert class_counts(lt) == CIFAR10_LT_IF100
+    expected_rows = reference_long_tailed_rows(dataset_labels(train), 0.01, seed=0)
+    assert dataset_labels(lt, "row") == expected_rows
+    assert dataset_labels(lt) == sorted(dataset_labels(lt))  # class by class
+
+    other_seed = dataset_labels(make_long_tailed(train, 100, seed=1), "row")
+    assert other_seed == reference_long_tailed_rows(dataset_labels(train), 0.01, seed=1) != expected_rows
+
+
+def test_make_long_tailed_exp_and_step_on_a_small_balanced_set():
+    labels = [c for c in range(4) for _ in range(30)]
+    rng = np.random.RandomState(7)
+    labels = [labels[i] for i in rng.permutation(len(labels))]
+    ds = labels_dataset(labels).add_column("row", list(range(len(labels))))
+    lt = make_long_tailed(ds, 10, seed=3)
+    assert class_counts(lt) == [30, 13, 6, 3]  # int(30 * 0.1 ** (c / 3))
+    assert dataset_labels(lt, "row") == reference_long_tailed_rows(labels, 0.1, seed=3)
+    assert class_counts(make_long_tailed(ds, 10, profile="step")) == [30, 30, 3, 3]
+
+
+def test_make_long_tailed_refuses_bad_input():
+    ds = labels_dataset([c for c in range(4) for _ in range(10)])
+    with pytest.raises(ValueError, match="imbalance_factor"):
+        make_long_tailed(ds, 0.01)
+    with pytest.raises(ValueError, match="profile"):
+        make_long_tailed(ds, 10, profile="pareto")
+    with pytest.raises(ValueError, match="'fine_label' not found"):
+        make_long_tailed(ds, 10, label_column="fine_label")
+    text_labels = datasets.Dataset.from_dict({"label": ["cat", "dog"] * 5})
+    with pytest.raises(ValueError, match="ClassLabel"):
+        make_long_tailed(text_labels, 10)
+    # n_max = 40 / 4 = 10; class 1 needs int(10 * 0.1 ** (1 / 3)) = 4
+    unbalanced = labels_dataset([0] * 30 + [1] * 2 + [2] * 4 + [3] * 4)
+    with pytest.raises(ValueError, match="class 1 .* has 2 rows .* needs 4"):
+        make_long_tailed(unbalanced, 10)
+
+
+# ----------------------------------------------------------------------------------------------- labels, transform set
+
+
+def test_labels_and_counts_are_read_without_running_the_transform():
+    raw = [3, 1, 1, 0, 2, 1, 3, 3, 3, 0]
+    ds = labels_dataset(raw, num_classes=5).add_column("value", [float(v) for v in range(10)])
+    view = ds.select([9, 0, 6, 2, 2])
+
+    def transform(batch):
+        raise AssertionError("the transform must not run to read labels")
+
+    view.set_transform(transform)
+    assert dataset_labels(view) == [0, 3, 3, 1, 1]
+    assert class_counts(view) == [1, 2, 0, 2, 0]  # ClassLabel has 5 names
+    assert class_counts(view, num_classes=4) == [1, 2, 0, 2]
+    assert view.format["type"] == "custom"  # the transform is still set
+    with pytest.raises(ValueError, match="outside"):
+        class_counts(view, num_classes=3)
+
+
+def test_class_counts_of_an_integer_column():
+    ds = datasets.Dataset.from_dict({"y": [4, 4, 0, 2]})
+    assert class_counts(ds, "y") == [1, 0, 1, 0, 2]
+    assert dataset_labels(ds, "y") == [4, 4, 0, 2]
+
+
+# ----------------------------------------------------------------------------------------------- subset
+
+
+def test_subset_is_deterministic_proportional_and_keeps_every_class():
+    labels = [c for c, n in enumerate(CIFAR10_LT_IF100) for _ in range(n)]
+    ds = labels_dataset(labels).add_column("row", list(range(len(labels))))
+    small = subset(ds, 1000, seed=0)
+    expected = [max(1, int(n * 1000 / 12406)) for n in CIFAR10_LT_IF100]
+    assert expected == [403, 241, 144, 86, 51, 31, 18, 11, 6, 4]
+    assert class_counts(small) == expected
+    rows = dataset_labels(small, "row")
+    assert rows == sorted(rows) and len(set(rows)) == len(rows)
+    assert all(labels[r] == label for r, label in zip(rows, dataset_labels(small)))
+    assert dataset_labels(subset(ds, 1000, seed=0), "row") == rows
+    assert dataset_labels(subset(ds, 1000, seed=1), "row") != rows
+    assert class_counts(subset(ds, 10)) == [4, 2] + [1] * 8  # 5000 * 10 / 12406 = 4.03, ..., tail lifted to 1
+    assert subset(ds, 20000) is ds
+    with pytest.raises(ValueError, match="max_samples=5"):
+        subset(ds, 5)
+
+
+# ----------------------------------------------------------------------------------------------- split lists
+
+
+def test_places_lt_lists_are_remapped_by_descending_count(splits_dir):
+    dd = load_list_file_dataset(
+        splits_dir / "Places_LT_train.txt", splits_dir / "Places_LT_test.txt", "/images", check_files=False
+    )
+    train, test = dd["train"], dd["test"]
+    assert len(train) == 62500 and len(test) == 36500
+    counts = class_counts(train)
+    assert len(counts) == 365 and train.features["label"].num_classes == 365
+    assert counts[0] == 4980 and counts[-1] == 5 and sum(counts) == 62500
+    assert counts == sorted(counts, reverse=True)
+
+    # independent mapping: sort original ids by (-training count, original id)
+    def read(name):
+        return [line.split() for line in (splits_dir / name).read_text().splitlines() if line.strip()]
+
+    train_lines, test_lines = read("Places_LT_train.txt"), read("Places_LT_test.txt")
+    original = collections.Counter(int(label) for _, label in train_lines)
+    order = sorted(original, key=lambda c: (-original[c], c))
+    new_id = {orig: new for new, orig in enumerate(order)}
+    assert dataset_labels(train) == [new_id[int(label)] for _, label in train_lines]
+    assert dataset_labels(test) == [new_id[int(label)] for _, label in test_lines]
+    # by hand: original class 0 (airfield) has 219 training images, 71 classes have more -> id 71;
+    # original 1 and 364 have 20 each, after 288 classes with more and, among the 20s, ids 1 < ... < 364
+    assert original[0] == 219 and test_lines[0] == ["val_256/Places365_val_00003597.jpg", "0"]
+    assert dataset_labels(test)[0] == 71 and counts[71] == 219
+    assert [new_id[1], new_id[364]] == [288, 293] and counts[288] == counts[293] == 20
+    assert train.features["label"].names[71] == "orig_0"
+    assert train.with_format("arrow")["image"][0]["path"].as_py() == "/images/data_256/a/airfield/00004851.jpg"
+
+
+def write_list(path, entries):
+    path.write_text("".join(f"{name} {label}\n" for name, label in entries))
+    return path
+
+
+def make_images(root, names, size=(40, 30), mode="RGB"):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, size, 128).save(root / name)
+
+
+def test_list_file_dataset_with_images(tmp_path):
+    train_entries = [("a/0.jpg", 7), ("b/0.jpg", 2), ("a/1.jpg", 7), ("c/0.png", 5), ("a/2.jpg", 7), ("b/1.jpg", 2)]
+    test_entries = [("t/0.jpg", 2), ("t/1.jpg", 5), ("t/2.jpg", 7)]
+    make_images(tmp_path, [name for name, _ in train_entries + test_entries])
+    dd = load_list_file_dataset(
+        write_list(tmp_path / "train.txt", train_entries), write_list(tmp_path / "test.txt", test_entries), tmp_path
+    )
+    # counts: 7 -> 3, 2 -> 2, 5 -> 1, then the absent ids 0, 1, 3, 4, 6 (count 0) in original order
+    assert dd["train"].features["label"].names == [f"orig_{c}" for c in (7, 2, 5, 0, 1, 3, 4, 6)]
+    assert dataset_labels(dd["train"]) == [0, 1, 0, 2, 0, 1]
+    assert dataset_labels(dd["test"]) == [1, 2, 0]
+    assert class_counts(dd["train"]) == [3, 2, 1, 0, 0, 0, 0, 0]
+    image = dd["test"][1]["image"]
+    assert isinstance(image, Image.Image) and image.size == (40, 30)
+
+    dd["test"].set_transform(make_transform("imagenet", train=False))
+    item = dd["test"][2]
+    assert item["pixel_values"].shape == (3, 224, 224) and item["labels"] == 0
+
+
+def test_list_file_dataset_missing_files_and_bad_lines(tmp_path):
+    make_images(tmp_path, ["a/0.jpg", "t/0.jpg"])
+    train = write_list(tmp_path / "train.txt", [("a/0.jpg", 0), ("a/missing.jpg", 1)])
+    test = write_list(tmp_path / "test.txt", [("t/0.jpg", 0)])
+    with pytest.raises(FileNotFoundError, match=r"missing.jpg") as error:
+        load_list_file_dataset(train, test, tmp_path)
+    assert str(tmp_path) in str(error.value) and "train.txt" in str(error.value)
+    assert len(load_list_file_dataset(train, test, tmp_path, check_files=False)["train"]) == 2
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_list_file_dataset(tmp_path / "nope.txt", test, tmp_path)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a/0.jpg 0\na/0.jpg zero\n")
+    with pytest.raises(ValueError, match="bad.txt, line 2"):
+        load_list_file_dataset(bad, test, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def normalize_numpy(image, mean, std):
+    array = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    return ((array - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+
+
+@pytest.mark.slow
+def test_cifar_eval_transform_is_a_plain_normalisation(cifar10):
+    batch = cifar10["test"][:16]
+    out = make_transform("cifar", train=False, image_column="img")(batch)
+    assert out["labels"] == batch["label"]
+    for image, pixels in zip(batch["img"], out["pixel_values"]):
+        assert pixels.dtype == torch.float32 and pixels.shape == (3, 32, 32)
+        np.testing.assert_allclose(pixels.numpy(), normalize_numpy(image, CIFAR_MEAN, CIFAR_STD), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cifar_train_transform_is_a_random_window_of_the_padded_image(cifar10):
+    batch = cifar10["train"][:64]
+    torch.manual_seed(0)
+    out = make_transform("cifar", train=True, image_column="img")(batch)
+    mean, std = np.asarray(CIFAR_MEAN)[:, None, None], np.asarray(CIFAR_STD)[:, None, None]
+    shifts, flips = set(), []
+    for image, pixels in zip(batch["img"], out["pixel_values"]):
+        restored = pixels.numpy() * std + mean
+        padded = np.pad(np.asarray(image, dtype=np.float64).transpose(2, 0, 1) / 255.0, ((0, 0), (4, 4), (4, 4)))
+        matches = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if np.abs(padded[:, dy : dy + 32, dx : dx + 32][..., :: -1 if flip else 1] - restored).max() < 1e-5
+        ]
+        assert matches, "the output is not a (flipped) 32x32 window of the 4-pixel zero-padded image"
+        shifts.add(matches[0][:2])
+        flips.append(matches[0][2])
+    assert len(shifts) >= 20  # 81 possible offsets, 64 samples
+    assert {0, 8} <= {dy for dy, _ in shifts} and {0, 8} <= {dx for _, dx in shifts}  # the full 4-pixel range
+    assert 16 <= sum(flips) <= 48  # p = 0.5 per image
+
+
+def test_transforms_convert_any_mode_to_rgb_and_reject_bad_input():
+    gray, rgba = Image.new("L", (32, 32), 100), Image.new("RGBA", (32, 32), (10, 20, 30, 0))
+    out = make_transform("cifar", train=False)({"image": [gray, rgba], "label": [1, 2]})
+    expected_gray = (100 / 255 - np.asarray(CIFAR_MEAN)) / np.asarray(CIFAR_STD)
+    expected_rgba = (np.asarray([10, 20, 30]) / 255 - np.asarray(CIFAR_MEAN)) / np.asarray(CIFAR_STD)
+    for pixels, expected in zip(out["pixel_values"], (expected_gray, expected_rgba)):
+        np.testing.assert_allclose(pixels.numpy(), np.broadcast_to(expected[:, None, None], (3, 32, 32)), atol=1e-5)
+    with pytest.raises(ValueError, match="family 'imagenet'"):
+        make_transform("cifar", train=True)({"image": [gray, Image.new("L", (40, 40))], "label": [0, 0]})
+    with pytest.raises(ValueError, match="family='svhn'"):
+        make_transform("svhn", train=True)
+    with pytest.raises(ValueError, match="column 'image'"):
+        make_transform("cifar", train=False)({"img": [gray], "label": [0]})
+
+
+def gradient_image(height=320, width=480):
+    """A smooth test image whose channels are linear in (x, y); returns the image and the linear function."""
+
+    def linear(x, y):
+        return np.stack([0.5 * x, 0.75 * y, 0.25 * x + 0.25 * y])
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return Image.fromarray(np.round(linear(x, y)).transpose(1, 2, 0).astype(np.uint8)), linear
+
+
+def test_imagenet_eval_transform_resizes_256_and_centre_crops_224():
+    mean, std = np.asarray(IMAGENET_DEFAULT_MEAN)[:, None, None], np.asarray(IMAGENET_DEFAULT_STD)[:, None, None]
+    constant = Image.new("RGB", (300, 200), (10, 128, 250))
+    image, linear = gradient_image()
+    out = make_transform("imagenet", train=False)({"image": [constant, image], "label": [0, 1]})["pixel_values"]
+    assert [tuple(p.shape) for p in out] == [(3, 224, 224)] * 2
+    expected_constant = (np.asarray([10, 128, 250])[:, None, None] / 255 - mean) / std
+    np.testing.assert_allclose(out[0].numpy(), np.broadcast_to(expected_constant, (3, 224, 224)), atol=1e-5)
+    # 320x480 -> shorter side 256: 256x384, scale 1.25; centre crop: rows 16..239, columns 80..303;
+    # output pixel (i, j) samples the source at ((j + 80 + 0.5) * 1.25 - 0.5, (i + 16 + 0.5) * 1.25 - 0.5)
+    i, j = np.mgrid[0:224, 0:224].astype(np.float64)
+    expected = (linear((j + 80.5) * 1.25 - 0.5, (i + 16.5) * 1.25 - 0.5) / 255 - mean) / std
+    assert np.abs(out[1].numpy() - expected).max() < 0.02  # about 1 grey level: rounding + interpolation
+
+
+def test_imagenet_train_transform_crops_to_224_and_jitters_brightness():
+    images = [
+        Image.new("L", (500, 375), 120),
+        Image.new("RGBA", (180, 260), (120, 120, 120, 255)),
+        Image.new("RGB", (224, 224), (120,) * 3),
+    ]
+    mean, std = np.asarray(IMAGENET_DEFAULT_MEAN)[:, None, None], np.asarray(IMAGENET_DEFAULT_STD)[:, None, None]
+    transform = make_transform("imagenet", train=True)
+    torch.manual_seed(0)
+    factors = []
+    for _ in range(20):
+        for pixels in transform({"image": images, "label": [0, 1, 2]})["pixel_values"]:
+            assert pixels.shape == (3, 224, 224)
+            restored = pixels.numpy() * std + mean
+            # a grey constant image stays grey and constant under crop, flip, contrast and saturation;
+            # brightness multiplies it by a factor drawn from [0.6, 1.4]
+            assert np.abs(restored - restored.mean()).max() < 1e-5
+            factors.append(restored.mean() / (120 / 255))
+    assert 0.6 - 1e-4 <= min(factors) < 0.75 and 1.25 < max(factors) <= 1.4 + 1e-4
+
+
+# ----------------------------------------------------------------------------------------------- image processors
+
+
+@pytest.mark.slow
+def test_cifar_image_processor_reloads_and_matches_the_eval_transform(cifar10, tmp_path):
+    make_image_processor("cifar").save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    batch = cifar10["test"][:8]
+    expected = torch.stack(make_transform("cifar", train=False, image_column="img")(batch)["pixel_values"])
+    got = processor(batch["img"], return_tensors="pt")["pixel_values"]
+    assert got.shape == (8, 3, 32, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert processor(Image.new("RGB", (64, 96)), return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_imagenet_image_processor_matches_the_eval_transform(tmp_path):
+    make_image_processor("imagenet").save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    image, _ = gradient_image()
+    natural = Image.open(_natural_image(tmp_path)).resize((400, 300), Image.BICUBIC)
+    transform = make_transform("imagenet", train=False)
+    for picture, max_tol, mean_tol in ((image, 0.02, 0.005), (natural, 0.1, 0.01)):
+        got = processor(picture, return_tensors="pt")["pixel_values"][0]
+        expected = transform({"image": [picture], "label": [0]})["pixel_values"][0]
+        assert got.shape == (3, 224, 224)
+        difference = (got - expected).abs()
+        assert difference.max() < max_tol and difference.mean() < mean_tol  # PIL's vs kornia's antialiasing
+    with pytest.raises(ValueError, match="family"):
+        make_image_processor("places")
+
+
+def _natural_image(tmp_path):
+    """A smooth, non-linear picture: a few blurred discs of colour, saved as PNG."""
+    y, x = np.mgrid[0:60, 0:80].astype(np.float64)
+    picture = np.zeros((60, 80, 3))
+    for cx, cy, radius, colour in ((20, 20, 12, (255, 40, 0)), (55, 35, 18, (0, 200, 90)), (40, 50, 8, (30, 60, 255))):
+        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))[..., None]
+        picture += weight * np.asarray(colour)
+    path = tmp_path / "natural.png"
+    Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- benchmarks by name
+
+
+@pytest.mark.slow
+def test_load_benchmark_cifar10_lt_from_a_local_parquet_folder(cifar10_dir, cifar10):
+    benchmark = load_benchmark("cifar10-lt", imbalance_factor=100, dataset_name=str(cifar10_dir))
+    assert benchmark.name == "cifar10-lt" and benchmark.family == "cifar" and benchmark.imbalance_factor == 100
+    train, test = benchmark.splits["train"], benchmark.splits["test"]
+    assert train.column_names == ["image", "label"] == test.column_names
+    assert benchmark.class_counts == CIFAR10_LT_IF100 == class_counts(train)
+    assert len(test) == 10000 and class_counts(test) == [1000] * 10
+    assert benchmark.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert benchmark.class_group_boundaries == ((0, 3), (3, 7), (7, 10))
+    # the same rows as the reference cut: compare a few images with the rows the reference keeps
+    rows = reference_long_tailed_rows(dataset_labels(cifar10["train"]), 0.01)
+    for position in (0, 5000, 12405):
+        assert np.array_equal(np.asarray(train[position]["image"]), np.asarray(cifar10["train"][rows[position]]["img"]))
+    factor_10 = load_benchmark("cifar10-lt", 10, dataset_name=str(cifar10_dir))
+    assert factor_10.class_counts == long_tailed_class_counts(5000, 10, 10) == class_counts(factor_10.splits["train"])
+
+
+def test_load_benchmark_offline_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
+    assert datasets.config.HF_DATASETS_OFFLINE  # set by conftest
+    with pytest.raises(ConnectionError, match="--dataset_name /path/to/cifar10-lt") as error:
+        load_benchmark("cifar10-lt")
+    assert "uoft-cs/cifar10" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        load_benchmark("cifar100-lt", dataset_name=str(tmp_path / "absent"))
+
+
+def test_load_benchmark_places_lt_from_data_dir(tmp_path, splits_dir):
+    entries = [("p/0.jpg", 3), ("p/1.jpg", 3), ("p/2.jpg", 1)]
+    make_images(tmp_path, [name for name, _ in entries])
+    write_list(tmp_path / "Places_LT_train.txt", entries)
+    write_list(tmp_path / "Places_LT_test.txt", entries[2:])
+    benchmark = load_benchmark("Places-LT", data_dir=tmp_path)
+    assert benchmark.family == "imagenet" and benchmark.class_group_boundaries is None
+    assert benchmark.imbalance_factor is None
+    assert benchmark.class_counts == [2, 1, 0, 0] and benchmark.class_names == ["orig_3", "orig_1", "orig_0", "orig_2"]
+    assert dataset_labels(benchmark.splits["test"]) == [1]
+
+    real = load_benchmark(
+        "places-lt", data_dir="/images", train_list=splits_dir / "Places_LT_train.txt",
+        test_list=splits_dir / "Places_LT_test.txt", check_files=False,
+    )
+    assert len(real.class_counts) == 365 and real.class_counts[0] == 4980 and real.class_counts[-1] == 5
+
+    with pytest.raises(FileNotFoundError, match="ImageNet_LT_train.txt"):
+        load_benchmark("imagenet-lt", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs data_dir"):
+        load_benchmark("inat2018")
+    with pytest.raises(ValueError, match="data_dir, not dataset_name"):
+        load_benchmark("places-lt", dataset_name="some/hub-id", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="dataset_name"):
+        load_benchmark("cifar10-lt", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown"):
+        load_benchmark("svhn-lt")
