@@ -1,0 +1,333 @@
+"""The MiSLAS job behind `recipes/train.py` and `recipes/evaluate.py`: argument dataclasses, YAML + command-line
+parsing, the two stages in sequence, and the evaluation report (metrics, reliability diagram, model card).
+
+Output layout of a run: `OUTPUT_DIR/stage1/` and `OUTPUT_DIR/stage2/`, each a `save_pretrained` folder with the
+image processor, `eval_results.json`, `reliability_diagram.png` and a `README.md` model card, plus
+`OUTPUT_DIR/all_results.json`.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import HfArgumentParser, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .calibration import compute_metrics, reliability_diagram
+from .configuration_mislas import BACKBONES as BACKBONE_SPECS, MislasConfig
+from .data import BENCHMARKS, class_counts, load_benchmark, make_image_processor, make_transform, subset
+from .hub import push_model_folder, write_model_card
+from .modeling_mislas import MislasForImageClassification
+from .trainer import MislasTrainer, MislasTrainingArguments
+
+DIAGRAM_FILENAME = "reliability_diagram.png"
+
+
+@dataclass
+class ModelArguments:
+    """Which model to build or start from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Stage-1 model (folder or Hub id) to start stage 2 from; for stage 1, weights to start from."},
+    )
+    backbone: str = field(default="resnet32", metadata={"help": "Backbone of a new model.", "choices": list(BACKBONE_SPECS)})
+    extra_block: bool = field(default=False, metadata={"help": "Extra bottleneck block before pooling (Places-LT)."})
+    freeze_backbone: bool = field(
+        default=False, metadata={"help": "Keep the pretrained backbone frozen in stage 1 too (Places-LT)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which long-tailed benchmark to train and evaluate on."""
+
+    dataset: str = field(
+        default="cifar10-lt",
+        metadata={"help": "Benchmark: cifar10-lt, cifar100-lt, imagenet-lt, places-lt or inat2018."},
+    )
+    imbalance_factor: float | None = field(default=100, metadata={"help": "N_max / N_min for CIFAR-LT (10, 50, 100)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of parquet files (default: the benchmark's Hub id)."}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Image root of a list-file benchmark."})
+    train_list: str | None = field(default=None, metadata={"help": "Official training split list (list-file sets)."})
+    test_list: str | None = field(default=None, metadata={"help": "Official test split list (list-file sets)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Deterministic subset of the long-tailed training set, for quick runs."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Deterministic subset of the test set."})
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={"help": "Hold out this % of the training set to select the best epoch on (never the test set)."},
+    )
+    split_seed: int = field(default=0, metadata={"help": "Seed of the long-tailed cut (0 = the published splits)."})
+
+
+def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()):
+    """Parse `--config file.yaml` plus command-line overrides (the command line wins); unknown YAML keys are
+    refused with their names. Returns the argument dataclasses and the configuration text (the YAML file and the
+    overrides) that model cards record."""
+    parser = HfArgumentParser((*extra_dataclasses, ModelArguments, DataArguments, MislasTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_text = ""
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 >= len(argv):
+            raise ValueError("--config needs a YAML file path.")
+        config_path = Path(argv[position + 1])
+        del argv[position : position + 2]
+        if not config_path.is_file():
+            raise FileNotFoundError(f"--config {config_path}: no such file. Configs live in recipes/configs/.")
+        config_text = config_path.read_text()
+        values = yaml.safe_load(config_text) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{config_path}: unknown config key(s) {', '.join(unknown)}. Run recipes/train.py --help for the "
+                "accepted options."
+            )
+        parser.set_defaults(**values)
+    if argv:
+        config_text += f"# command-line overrides: {' '.join(argv)}\n"
+    return (*parser.parse_args_into_dataclasses(args=argv), config_text)
+
+
+def stage_arguments(args: MislasTrainingArguments, stage: int) -> MislasTrainingArguments:
+    """The arguments of one stage: its epochs and folder; stage 2 always uses a cosine schedule without warm-up
+    (Table 6). Pushing happens once at the end of the run, not from the per-stage Trainer."""
+    output_dir = os.path.join(args.output_dir, f"stage{stage}")
+    if stage == 1:
+        return dataclasses.replace(
+            args, stage="1", num_train_epochs=args.stage1_epochs, output_dir=output_dir, push_to_hub=False
+        )
+    return dataclasses.replace(
+        args,
+        stage="2",
+        num_train_epochs=args.stage2_epochs,
+        output_dir=output_dir,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        lr_decay_epochs=None,
+        push_to_hub=False,
+    )
+
+
+def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments):
+    """The benchmark with transforms set, plus the held-out validation split when asked for."""
+    benchmark = load_benchmark(
+        data_args.dataset,
+        imbalance_factor=data_args.imbalance_factor,
+        dataset_name=data_args.dataset_name,
+        data_dir=data_args.data_dir,
+        train_list=data_args.train_list,
+        test_list=data_args.test_list,
+        seed=data_args.split_seed,
+    )
+    train, test = benchmark.splits["train"], benchmark.splits["test"]
+    validation = None
+    if data_args.validation_split_percentage:
+        held_out = train.train_test_split(
+            test_size=data_args.validation_split_percentage / 100,
+            stratify_by_column="label",
+            seed=training_args.seed,
+        )
+        train, validation = held_out["train"], held_out["test"]
+    if data_args.max_train_samples is not None:
+        train = subset(train, data_args.max_train_samples, seed=training_args.seed)
+    if data_args.max_eval_samples is not None:
+        test = subset(test, data_args.max_eval_samples, seed=training_args.seed)
+    counts = class_counts(train, num_classes=len(benchmark.class_names))
+    train.set_transform(make_transform(benchmark.family, train=True))
+    test.set_transform(make_transform(benchmark.family, train=False))
+    if validation is not None:
+        validation.set_transform(make_transform(benchmark.family, train=False))
+    return benchmark, counts, train, validation, test
+
+
+def group_boundaries(benchmark) -> list[int] | None:
+    """The benchmark's Many/Medium/Few index ranges ((0, a), (a, b), (b, K)) as the config's `[a, b]`."""
+    ranges = benchmark.class_group_boundaries
+    return None if ranges is None else [ranges[0][1], ranges[1][1]]
+
+
+def build_model(model_args: ModelArguments, benchmark, counts: list[int]) -> MislasForImageClassification:
+    """A new stage-1 model for the benchmark (or one started from `model_name_or_path`)."""
+    labels = dict(enumerate(benchmark.class_names))
+    config_kwargs = dict(
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={name: index for index, name in labels.items()},
+        class_counts=counts,
+        class_group_boundaries=group_boundaries(benchmark),
+    )
+    if model_args.model_name_or_path:
+        return MislasForImageClassification.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=True, **config_kwargs
+        )
+    config = MislasConfig(
+        backbone=model_args.backbone,
+        extra_block=model_args.extra_block,
+        freeze_backbone=model_args.freeze_backbone,
+        **config_kwargs,
+    )
+    return MislasForImageClassification(config)
+
+
+def load_stage1_model(path: str, benchmark, counts: list[int]) -> MislasForImageClassification:
+    """The stage-1 model stage 2 starts from, checked against the benchmark before any compute is spent."""
+    model = MislasForImageClassification.from_pretrained(path)
+    if model.config.num_labels != len(benchmark.class_names):
+        raise ValueError(
+            f"The stage-1 model {path} has {model.config.num_labels} classes but {benchmark.name} has "
+            f"{len(benchmark.class_names)}: pass a stage-1 model trained on this benchmark (--model_name_or_path)."
+        )
+    model.config.class_counts = counts
+    model.config.class_group_boundaries = group_boundaries(benchmark)
+    return model
+
+
+def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_yaml: str | None) -> dict:
+    """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card."""
+    prediction = trainer.predict(test_dataset, metric_key_prefix="eval")
+    metrics = prediction.metrics
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics, combined=False)
+    if trainer.is_world_process_zero():
+        logits = torch.as_tensor(np.asarray(prediction.predictions)).double()
+        probabilities = logits.softmax(-1)
+        confidences, predicted = probabilities.max(-1)
+        correct = predicted.numpy() == np.asarray(prediction.label_ids)
+        model = trainer.model
+        title = f"{benchmark.name}, stage {model.config.stage}"
+        reliability_diagram(confidences.numpy(), correct, os.path.join(output_dir, DIAGRAM_FILENAME), title=title)
+        write_model_card(
+            output_dir,
+            model_config=model.config,
+            metrics=metrics,
+            dataset_id=BENCHMARKS[benchmark.name].hub_id or benchmark.name,
+            dataset_name=benchmark.name,
+            model_id=trainer.args.hub_model_id or Path(output_dir).name,
+            training_config_yaml=config_yaml,
+            diagram_filename=DIAGRAM_FILENAME,
+            provenance=f"Measured by mislas_hf on the {benchmark.name} test split ({len(correct)} images).",
+        )
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def save_stage(trainer: Trainer, image_processor, output_dir: str) -> None:
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        image_processor.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def run_stage(stage: int, model, args, train, validation, test, image_processor, benchmark, config_yaml) -> dict:
+    """Train one stage (resuming when asked), save it and report on the test set. Selection of the best epoch,
+    when enabled, uses the held-out validation split only."""
+    stage_args = stage_arguments(args, stage)
+    if stage_args.load_best_model_at_end and validation is None:
+        raise ValueError(
+            "load_best_model_at_end needs --validation_split_percentage: the best epoch is never chosen on the test set."
+        )
+    trainer = MislasTrainer(
+        model=model,
+        args=stage_args,
+        train_dataset=train,
+        eval_dataset=validation if validation is not None else test,
+        processing_class=image_processor,
+    )
+    resume = stage_args.resume_from_checkpoint
+    if resume is not None and str(resume).lower() in ("true", "last"):
+        resume = get_last_checkpoint(stage_args.output_dir) if os.path.isdir(stage_args.output_dir) else None
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", result.metrics, combined=False)
+    trainer.save_state()
+    save_stage(trainer, image_processor, stage_args.output_dir)
+    return report(trainer, test, stage_args.output_dir, benchmark, config_yaml)
+
+
+def stage_is_finished(output_dir: str) -> bool:
+    return os.path.isfile(os.path.join(output_dir, "model.safetensors")) and os.path.isfile(
+        os.path.join(output_dir, "eval_results.json")
+    )
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrainingArguments, config_yaml=None):
+    """Run stage 1, stage 2, or both; returns the metrics per stage and writes `all_results.json`."""
+    if args.stage == "2" and not model_args.model_name_or_path:
+        raise ValueError("--stage 2 needs --model_name_or_path: the stage-1 model (folder or Hub id) to start from.")
+    set_seed(args.seed)
+    benchmark, counts, train_set, validation, test = load_splits(data_args, args)
+    image_processor = make_image_processor(benchmark.family)
+    stages = [1, 2] if args.stage == "both" else [int(args.stage)]
+    results = {}
+    stage2_start = os.path.join(args.output_dir, "stage1") if args.stage == "both" else model_args.model_name_or_path
+    if args.stage == "2":
+        load_stage1_model(stage2_start, benchmark, counts)  # fail early on a mismatched checkpoint
+    for stage in stages:
+        stage_dir = os.path.join(args.output_dir, f"stage{stage}")
+        if args.resume_from_checkpoint and stage_is_finished(stage_dir):
+            results[f"stage{stage}"] = json.loads(Path(stage_dir, "eval_results.json").read_text())
+            continue
+        set_seed(args.seed)
+        if stage == 1:
+            model = build_model(model_args, benchmark, counts)
+        else:
+            model = load_stage1_model(stage2_start, benchmark, counts)
+        results[f"stage{stage}"] = run_stage(
+            stage, model, args, train_set, validation, test, image_processor, benchmark, config_yaml
+        )
+    if args.process_index == 0:
+        Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if args.push_to_hub:
+            final_dir = os.path.join(args.output_dir, f"stage{stages[-1]}")
+            push_model_folder(
+                final_dir,
+                repo_id=args.hub_model_id or Path(args.output_dir).name,
+                commit_message=f"MiSLAS {benchmark.name}, stage {stages[-1]}",
+                private=args.hub_private_repo,
+                token=args.hub_token,
+            )
+    return results
+
+
+def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArguments):
+    """Evaluate a saved model (folder or Hub id) on the benchmark's test split: metrics, diagram, card."""
+    benchmark, counts, _, _, test = load_splits(data_args, args)
+    model = MislasForImageClassification.from_pretrained(model_path)
+    if model.config.num_labels != len(benchmark.class_names):
+        raise ValueError(
+            f"{model_path} has {model.config.num_labels} classes but {benchmark.name} has "
+            f"{len(benchmark.class_names)}: evaluate it on the benchmark it was trained on (--dataset)."
+        )
+    if model.config.class_counts is None:
+        model.config.class_counts = counts
+    if model.config.class_group_boundaries is None:
+        model.config.class_group_boundaries = group_boundaries(benchmark)
+    eval_args = dataclasses.replace(args, push_to_hub=False)
+    trainer = Trainer(
+        model=model,
+        args=eval_args,
+        compute_metrics=compute_metrics(model.config.class_counts, model.config.class_group_boundaries),
+    )
+    metrics = report(trainer, test, args.output_dir, benchmark, None)
+    if args.push_to_hub and args.process_index == 0:
+        model.save_pretrained(args.output_dir)
+        make_image_processor(benchmark.family).save_pretrained(args.output_dir)
+        push_model_folder(
+            args.output_dir,
+            repo_id=args.hub_model_id,
+            commit_message=f"Evaluation on {benchmark.name}",
+            private=args.hub_private_repo,
+            token=args.hub_token,
+        )
+    return metrics

@@ -1,0 +1,237 @@
+"""MislasTrainer and recipes/train.py on real CIFAR-10-LT: both stages end to end, losses, sampler, optimizer."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from mislas_hf import MislasConfig, MislasForImageClassification
+from mislas_hf.run import parse_arguments, train
+from mislas_hf.trainer import MislasTrainer, MislasTrainingArguments, multistep_schedule_with_warmup
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+def quick_run_flags(cifar10_dir, output_dir, *extra):
+    return [
+        "--config", str(REPO_ROOT / "recipes/configs/cifar10_lt_if100.yaml"),
+        "--dataset_name", str(cifar10_dir),
+        "--output_dir", str(output_dir),
+        "--max_train_samples", "400",
+        "--max_eval_samples", "200",
+        "--max_steps", "4",
+        "--per_device_train_batch_size", "32",
+        "--per_device_eval_batch_size", "100",
+        "--dataloader_num_workers", "0",
+        "--save_strategy", "no",
+        "--logging_steps", "1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def both_stages(cifar10_dir, tmp_path_factory):
+    """One real two-stage run (a few steps per stage) shared by the end-to-end checks."""
+    output_dir = tmp_path_factory.mktemp("run")
+    model_args, data_args, training_args, config_text = parse_arguments(quick_run_flags(cifar10_dir, output_dir))
+    results = train(model_args, data_args, training_args, config_yaml=config_text)
+    return output_dir, results
+
+
+def test_both_stages_write_the_documented_files(both_stages):
+    output_dir, results = both_stages
+    for stage in ("stage1", "stage2"):
+        folder = output_dir / stage
+        for name in ("config.json", "model.safetensors", "preprocessor_config.json", "eval_results.json",
+                     "reliability_diagram.png", "README.md"):
+            assert (folder / name).is_file(), f"{stage}/{name}"
+        assert (folder / "reliability_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    all_results = json.loads((output_dir / "all_results.json").read_text())
+    assert all_results["stage2"]["eval_accuracy"] == results["stage2"]["eval_accuracy"]
+    config = json.loads((output_dir / "stage2/config.json").read_text())
+    assert config["stage"] == 2 and config["head_mode"] == "mislas" and config["shift_bn"] is True
+    assert config["class_group_boundaries"] == [3, 7]
+
+
+def test_stage2_changes_only_the_head_and_bn_statistics(both_stages):
+    output_dir, _ = both_stages
+    stage1 = load_file(output_dir / "stage1/model.safetensors")
+    stage2 = load_file(output_dir / "stage2/model.safetensors")
+    assert stage1.keys() == stage2.keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    for name in stage1:
+        if name.startswith("mislas.") and not name.endswith(statistics):
+            assert torch.equal(stage1[name], stage2[name]), f"{name} changed in stage 2"
+    running_means = [name for name in stage1 if name.endswith("running_mean")]
+    assert all(not torch.equal(stage1[n], stage2[n]) for n in running_means), "shift_bn must move BN statistics"
+    assert torch.equal(stage1["classifier.weight"], stage2["classifier.weight"])  # W fixed in stage 2
+    assert not torch.equal(stage1["classifier.scale"], stage2["classifier.scale"])  # s learned
+    assert not torch.equal(stage1["classifier.delta_weight"], stage2["classifier.delta_weight"])  # ΔW learned
+    assert torch.equal(stage1["classifier.scale"], torch.ones(10))  # stage 1 never touches s and ΔW
+    assert torch.equal(stage1["classifier.delta_weight"], torch.zeros(10, 64))
+
+
+def test_reported_metrics_match_an_independent_evaluation(both_stages, cifar10_dir):
+    output_dir, results = both_stages
+    from mislas_hf.data import load_benchmark, make_transform, subset
+
+    benchmark = load_benchmark("cifar10-lt", imbalance_factor=100, dataset_name=str(cifar10_dir))
+    test = subset(benchmark.splits["test"], 200, seed=0)  # the config's seed
+    test.set_transform(make_transform("cifar", train=False))
+    model = MislasForImageClassification.from_pretrained(output_dir / "stage2").eval()
+    batch = [test[i] for i in range(len(test))]
+    pixels = torch.stack([item["pixel_values"] for item in batch])
+    labels = torch.tensor([item["labels"] for item in batch])
+    with torch.no_grad():
+        probabilities = model(pixels).logits.double().softmax(-1)
+    confidence, predicted = probabilities.max(-1)
+    correct = (predicted == labels).double()
+    # ECE with 15 equal-width bins (a, b], written out directly
+    ece = 0.0
+    for low, high in zip(np.linspace(0, 1, 16)[:-1], np.linspace(0, 1, 16)[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.double().mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    reported = json.loads((output_dir / "stage2/eval_results.json").read_text())
+    assert reported["eval_accuracy"] == pytest.approx(correct.mean().item(), abs=1e-9)
+    assert reported["eval_ece"] == pytest.approx(float(ece), abs=1e-6)
+    nll = -probabilities[torch.arange(len(labels)), labels].log().mean().item()
+    assert reported["eval_nll"] == pytest.approx(nll, abs=1e-5)
+    many = labels < 3  # reference CIFAR-10 split: Many = classes 0-2
+    assert reported["eval_many_accuracy"] == pytest.approx(correct[many].mean().item(), abs=1e-9)
+
+
+def tiny_trainer(tmp_path, stage, **overrides):
+    torch.manual_seed(0)
+    model = MislasForImageClassification(MislasConfig(num_labels=10, class_counts=CIFAR10_LT_COUNTS))
+    args = MislasTrainingArguments(output_dir=str(tmp_path), stage=stage, report_to="none", **overrides)
+    return MislasTrainer(model=model, args=args)
+
+
+def test_stage1_loss_is_the_mixup_loss(tmp_path):
+    trainer = tiny_trainer(tmp_path, "1", mixup_alpha=1.0)
+    model = trainer.model.train()
+    pixels, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    torch.manual_seed(123)
+    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels})
+    # replay the same draws: a 63-bit seed from torch's generator feeds numpy's Beta; then the permutation
+    torch.manual_seed(123)
+    seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
+    lam = float(np.random.default_rng(seed).beta(1.0, 1.0))
+    permutation = torch.randperm(8)
+    mixed_logits = model(lam * pixels + (1 - lam) * pixels[permutation]).logits
+    expected = lam * F.cross_entropy(mixed_logits, labels) + (1 - lam) * F.cross_entropy(mixed_logits, labels[permutation])
+    assert 0 < lam < 1
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    plain = F.cross_entropy(model(pixels).logits, labels)
+    assert abs(loss.item() - plain.item()) > 1e-3  # the inputs really were mixed
+
+
+def test_stage2_loss_is_label_aware_smoothing_and_optimizer_groups(tmp_path):
+    trainer = tiny_trainer(tmp_path, "2", smooth_head=0.3, smooth_tail=0.0, delta_lr_ratio=0.5, learning_rate=0.1)
+    model = trainer.model
+    logits_input = torch.randn(6, 3, 32, 32)
+    labels = torch.tensor([0, 9, 4, 4, 1, 7])
+    loss = trainer.compute_loss(model, {"pixel_values": logits_input, "labels": labels})
+    log_probs = model(logits_input).logits.float().log_softmax(-1)
+    counts = torch.tensor(CIFAR10_LT_COUNTS, dtype=torch.float64)
+    eps = (0.3 * torch.sin(math.pi * (counts - 50) / (2 * (5000 - 50)))).float()  # Eq. (3.a), eps_K = 0
+    eps_y = eps[labels]
+    expected = ((1 - eps_y) * -log_probs[torch.arange(6), labels] + eps_y * -log_probs.mean(-1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    optimizer = trainer.create_optimizer()
+    groups = {tuple(sorted(id(p) for p in g["params"])): g for g in optimizer.param_groups}
+    head = model.classifier
+    assert groups[tuple(sorted([id(head.delta_weight), id(head.bias)]))]["lr"] == pytest.approx(0.05)
+    assert groups[(id(head.scale),)]["lr"] == pytest.approx(0.1)
+    assert all(g["weight_decay"] == 2e-4 and g["momentum"] == 0.9 for g in optimizer.param_groups)
+
+
+def test_multistep_schedule_matches_the_reference_epochs():
+    # 200 epochs x 10 steps: 5 warm-up epochs, x0.1 after epoch 160, x0.01 after epoch 180
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = multistep_schedule_with_warmup(optimizer, warmup_steps=50, milestones=[1600, 1800], factor=0.1)
+    factors = {step: schedule.lr_lambdas[0](step) for step in (0, 25, 50, 1599, 1600, 1799, 1800, 1999)}
+    assert factors == pytest.approx({0: 0, 25: 0.5, 50: 1, 1599: 1, 1600: 0.1, 1799: 0.1, 1800: 0.01, 1999: 0.01})
+
+
+def test_stage2_batches_are_class_balanced(cifar10_dir, tmp_path):
+    model_args, data_args, training_args, _ = parse_arguments(quick_run_flags(cifar10_dir, tmp_path))
+    from mislas_hf.run import load_splits, stage_arguments
+
+    benchmark, counts, train_set, _, _ = load_splits(data_args, training_args)
+    trainer = MislasTrainer(
+        model=MislasForImageClassification(MislasConfig(num_labels=10, class_counts=counts)),
+        args=stage_arguments(training_args, 2),
+        train_dataset=train_set,
+    )
+    labels = []
+    for batch in trainer.get_train_dataloader():
+        labels.extend(batch["labels"].tolist())
+    assert len(labels) == len(train_set)  # an epoch draws as many images as the training set has
+    groups = [labels[i : i + 4] for i in range(0, len(labels), 4)]
+    assert all(len(set(group)) == 1 for group in groups)  # 4 images per class in a row
+    per_class = np.bincount(labels, minlength=10)
+    uniform = len(labels) / 10
+    assert per_class.min() >= 0.9 * uniform and per_class.max() <= 1.1 * uniform  # the data itself is 100:1
+    assert counts[0] / counts[9] > 20
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--smooth_head", "0.6"], "smooth_head"),
+        (["--stage", "2"], "model_name_or_path"),
+    ],
+)
+def test_bad_input_fails_before_training(cifar10_dir, tmp_path, flags, message):
+    (tmp_path / "keep.txt").write_text("already here")
+    with pytest.raises(ValueError, match=message):
+        model_args, data_args, training_args, _ = parse_arguments(quick_run_flags(cifar10_dir, tmp_path, *flags))
+        train(model_args, data_args, training_args)
+    assert (tmp_path / "keep.txt").read_text() == "already here"
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset: cifar10-lt\nsmoothing_head: 0.3\n")
+    with pytest.raises(ValueError, match="smoothing_head"):
+        parse_arguments(["--config", str(config), "--output_dir", str(tmp_path)])
+
+
+def test_stage2_refuses_a_checkpoint_with_other_classes(both_stages, cifar10_dir, tmp_path):
+    output_dir, _ = both_stages
+    model = MislasForImageClassification(MislasConfig(num_labels=7, class_counts=[9, 8, 7, 6, 5, 4, 3]))
+    model.save_pretrained(tmp_path / "seven")
+    flags = quick_run_flags(cifar10_dir, tmp_path / "out", "--stage", "2", "--model_name_or_path", str(tmp_path / "seven"))
+    with pytest.raises(ValueError, match="7 classes"):
+        train(*parse_arguments(flags)[:3])
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(cifar10_dir, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` runs both stages (gloo)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "recipes/train.py"),
+        *quick_run_flags(cifar10_dir, tmp_path, "--max_steps", "2"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert set(results) == {"stage1", "stage2"}
+    state = json.loads((tmp_path / "stage2/trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # both ranks' predictions are gathered once each: accuracy is a whole number of the 200 test images
+    accuracy = results["stage2"]["eval_accuracy"] * 200
+    assert accuracy == pytest.approx(round(accuracy), abs=1e-6)
