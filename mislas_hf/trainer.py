@@ -83,6 +83,9 @@ class MislasTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Stage-1 schedule when lr_decay_epochs is unset."})
     per_device_train_batch_size: int = field(default=128, metadata={"help": "Batch size per device (Table 6)."})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 (no clipping) as in the reference implementation."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: images are decoded by the dataset's transform."}
     )
