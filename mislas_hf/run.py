@@ -21,7 +21,17 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .calibration import compute_metrics, reliability_diagram
 from .configuration_mislas import BACKBONES as BACKBONE_SPECS, MislasConfig
-from .data import BENCHMARKS, class_counts, load_benchmark, make_image_processor, make_transform, subset
+from .data import (
+    BENCHMARKS,
+    InMemoryCifarTransform,
+    augment_cifar_batch,
+    class_counts,
+    decode_cifar_images,
+    load_benchmark,
+    make_image_processor,
+    make_transform,
+    subset,
+)
 from .hub import push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification
 from .trainer import MislasTrainer, MislasTrainingArguments
@@ -68,6 +78,26 @@ class DataArguments:
         metadata={"help": "Hold out this % of the training set to select the best epoch on (never the test set)."},
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the long-tailed cut (0 = the published splits)."})
+    in_memory_images: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Decode the images once into memory and crop/flip/normalise whole training batches on the "
+            "training device (same augmentation as the per-sample transform). Default: on for CIFAR, off otherwise "
+            "(only 32x32 CIFAR images are supported)."
+        },
+    )
+
+    def __post_init__(self):
+        spec = BENCHMARKS.get(self.dataset.lower())
+        if self.in_memory_images and spec is not None and spec.family != "cifar":
+            raise ValueError(
+                f"in_memory_images is for the 32x32 CIFAR benchmarks; {self.dataset} uses the per-sample "
+                "'imagenet' transforms: leave in_memory_images unset."
+            )
+
+    def uses_in_memory_images(self, family: str) -> bool:
+        """Whether the splits are decoded once (`in_memory_images`, by default on for the cifar family)."""
+        return family == "cifar" if self.in_memory_images is None else self.in_memory_images
 
 
 def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()):
@@ -121,7 +151,9 @@ def stage_arguments(args: MislasTrainingArguments, stage: int) -> MislasTraining
 
 
 def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments):
-    """The benchmark with transforms set, plus the held-out validation split when asked for."""
+    """The benchmark with transforms set, plus the held-out validation split when asked for. With in-memory images
+    (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split then yields raw uint8
+    images, which the trainer augments on its device (`train_batch_augmentation`)."""
     benchmark = load_benchmark(
         data_args.dataset,
         imbalance_factor=data_args.imbalance_factor,
@@ -145,11 +177,25 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
     if data_args.max_eval_samples is not None:
         test = subset(test, data_args.max_eval_samples, seed=training_args.seed)
     counts = class_counts(train, num_classes=len(benchmark.class_names))
-    train.set_transform(make_transform(benchmark.family, train=True))
-    test.set_transform(make_transform(benchmark.family, train=False))
+    if data_args.uses_in_memory_images(benchmark.family):
+        with training_args.main_process_first(desc="decoding images"):
+            train, test = decode_cifar_images(train), decode_cifar_images(test)
+            validation = decode_cifar_images(validation) if validation is not None else None
+        train_transform, eval_transform = InMemoryCifarTransform(train=True), InMemoryCifarTransform(train=False)
+    else:
+        train_transform = make_transform(benchmark.family, train=True)
+        eval_transform = make_transform(benchmark.family, train=False)
+    train.set_transform(train_transform)
+    test.set_transform(eval_transform)
     if validation is not None:
-        validation.set_transform(make_transform(benchmark.family, train=False))
+        validation.set_transform(eval_transform)
     return benchmark, counts, train, validation, test
+
+
+def train_batch_augmentation(data_args: DataArguments, benchmark):
+    """`MislasTrainer`'s `batch_augmentation` for the training split of `load_splits`: `augment_cifar_batch` with
+    in-memory images, else None (the per-sample transform already augmented the images)."""
+    return augment_cifar_batch if data_args.uses_in_memory_images(benchmark.family) else None
 
 
 def group_boundaries(benchmark) -> list[int] | None:
@@ -230,9 +276,24 @@ def save_stage(trainer: Trainer, image_processor, output_dir: str) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def run_stage(stage: int, model, args, train, validation, test, image_processor, benchmark, config_yaml) -> dict:
+def checkpoint_to_resume(stage_args: MislasTrainingArguments) -> str | None:
+    """`--resume_from_checkpoint PATH` resumes the stage whose folder holds PATH; for the other stages, and with
+    `--resume_from_checkpoint true`, each stage resumes from the last checkpoint in its folder if there is one (a
+    stage that had finished then only re-saves and re-evaluates)."""
+    requested = stage_args.resume_from_checkpoint
+    if requested is None:
+        return None
+    stage_dir = Path(stage_args.output_dir).resolve()
+    if str(requested).lower() not in ("true", "last") and stage_dir in Path(requested).resolve().parents:
+        return str(requested)
+    return get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+
+
+def run_stage(
+    stage: int, model, args, train, validation, test, image_processor, benchmark, config_yaml, batch_augmentation=None
+) -> dict:
     """Train one stage (resuming when asked), save it and report on the test set. Selection of the best epoch,
-    when enabled, uses the held-out validation split only."""
+    when enabled, uses the held-out validation split only. `batch_augmentation`: see `train_batch_augmentation`."""
     stage_args = stage_arguments(args, stage)
     if stage_args.load_best_model_at_end and validation is None:
         raise ValueError(
@@ -244,21 +305,13 @@ def run_stage(stage: int, model, args, train, validation, test, image_processor,
         train_dataset=train,
         eval_dataset=validation if validation is not None else test,
         processing_class=image_processor,
+        batch_augmentation=batch_augmentation,
     )
-    resume = stage_args.resume_from_checkpoint
-    if resume is not None and str(resume).lower() in ("true", "last"):
-        resume = get_last_checkpoint(stage_args.output_dir) if os.path.isdir(stage_args.output_dir) else None
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(stage_args))
     trainer.save_metrics("train", result.metrics, combined=False)
     trainer.save_state()
     save_stage(trainer, image_processor, stage_args.output_dir)
     return report(trainer, test, stage_args.output_dir, benchmark, config_yaml)
-
-
-def stage_is_finished(output_dir: str) -> bool:
-    return os.path.isfile(os.path.join(output_dir, "model.safetensors")) and os.path.isfile(
-        os.path.join(output_dir, "eval_results.json")
-    )
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrainingArguments, config_yaml=None):
@@ -274,17 +327,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     if args.stage == "2":
         load_stage1_model(stage2_start, benchmark, counts)  # fail early on a mismatched checkpoint
     for stage in stages:
-        stage_dir = os.path.join(args.output_dir, f"stage{stage}")
-        if args.resume_from_checkpoint and stage_is_finished(stage_dir):
-            results[f"stage{stage}"] = json.loads(Path(stage_dir, "eval_results.json").read_text())
-            continue
         set_seed(args.seed)
         if stage == 1:
             model = build_model(model_args, benchmark, counts)
         else:
             model = load_stage1_model(stage2_start, benchmark, counts)
         results[f"stage{stage}"] = run_stage(
-            stage, model, args, train_set, validation, test, image_processor, benchmark, config_yaml
+            stage,
+            model,
+            args,
+            train_set,
+            validation,
+            test,
+            image_processor,
+            benchmark,
+            config_yaml,
+            batch_augmentation=train_batch_augmentation(data_args, benchmark),
         )
     if args.process_index == 0:
         Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,104 @@
+"""Plots of the paper's analysis figures from saved models.
+
+Figure 2: L2 norms of the classifier weight vectors per class (classes sorted by training count), one line per
+model, with the training class counts; the paper compares stage 1 with and without mixup.
+Figure 3: distributions of the predicted probability of the predicted class on the test set, for the Many, Medium
+and Few classes (violin plots), one row per model.
+
+    python recipes/analyze.py --models runs/reproduce_cpu/ce/stage1 runs/reproduce_cpu/stage1_mixup/stage1 \
+        --labels "CE" "mixup" --dataset cifar10-lt --dataset_name ../shared/data/cifar10 --output_dir docs/figures
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from mislas_hf import MislasForImageClassification
+from mislas_hf.calibration import class_groups
+from mislas_hf.data import load_benchmark, make_transform
+
+
+def classifier_weight_norms(model: MislasForImageClassification) -> np.ndarray:
+    """Per-class L2 norm of the effective classifier weight `r W + ΔW` of Eq. (4), scaled by s."""
+    head = model.classifier
+    weight = head.retention_factor * head.weight + head.delta_weight
+    return (head.scale[:, None] * weight).norm(dim=1).detach().numpy()
+
+
+def predicted_confidences(model, test_dataset, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of the predicted class and the true label of every test image."""
+    confidences, labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(test_dataset), batch_size):
+            batch = test_dataset[start : start + batch_size]
+            probabilities = model(torch.stack(batch["pixel_values"])).logits.double().softmax(-1)
+            confidences.append(probabilities.max(-1).values.numpy())
+            labels.append(np.asarray(batch["labels"]))
+    return np.concatenate(confidences), np.concatenate(labels)
+
+
+def plot_weight_norms(models: dict, class_counts: list[int], path: Path) -> None:
+    order = np.argsort(class_counts)[::-1]
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot(1, 1, 1)
+    for label, model in models.items():
+        axis.plot(np.arange(len(order)), classifier_weight_norms(model)[order], marker="o", label=label)
+    axis.set_xlabel("Class index (sorted by training images, descending)")
+    axis.set_ylabel("Classifier weight norm")
+    counts_axis = axis.twinx()
+    counts_axis.bar(np.arange(len(order)), np.asarray(class_counts)[order], color="grey", alpha=0.25)
+    counts_axis.set_ylabel("Training images")
+    axis.legend(loc="upper center")
+    axis.set_title("Per-class classifier weight norms (paper Fig. 2)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_confidence_distributions(models: dict, test_dataset, groups: dict, path: Path) -> None:
+    figure = Figure(figsize=(7, 2.6 * len(models)))
+    for index, (label, model) in enumerate(models.items()):
+        confidences, labels = predicted_confidences(model, test_dataset)
+        data = [confidences[np.isin(labels, groups[name])] for name in ("many", "medium", "few") if groups[name]]
+        names = [name.capitalize() for name in ("many", "medium", "few") if groups[name]]
+        axis = figure.add_subplot(len(models), 1, index + 1)
+        axis.violinplot(data, vert=False, showmedians=True)
+        axis.set_yticks(np.arange(1, len(names) + 1), names)
+        axis.set_xlim(0, 1)
+        axis.set_title(f"{label}: predicted probability (paper Fig. 3)")
+    figure.axes[-1].set_xlabel("Predicted probability of the predicted class")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True, help="Saved model folders or Hub ids.")
+    parser.add_argument("--labels", nargs="+", help="One legend label per model (default: the folder names).")
+    parser.add_argument("--dataset", default="cifar10-lt")
+    parser.add_argument("--imbalance_factor", type=float, default=100)
+    parser.add_argument("--dataset_name", default=None)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args()
+    labels = args.labels or [Path(path).parent.name for path in args.models]
+    if len(labels) != len(args.models):
+        raise ValueError(f"--labels has {len(labels)} entries for {len(args.models)} --models: give one per model.")
+    models = {label: MislasForImageClassification.from_pretrained(path).eval() for label, path in zip(labels, args.models)}
+    benchmark = load_benchmark(
+        args.dataset, imbalance_factor=args.imbalance_factor, dataset_name=args.dataset_name, data_dir=args.data_dir
+    )
+    first = next(iter(models.values())).config
+    groups = class_groups(first.class_counts, boundaries=first.class_group_boundaries)
+    test = benchmark.splits["test"]
+    test.set_transform(make_transform(benchmark.family, train=False))
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot_weight_norms(models, first.class_counts, output_dir / "classifier_weight_norms.png")
+    plot_confidence_distributions(models, test, groups, output_dir / "confidence_distributions.png")
+
+
+if __name__ == "__main__":
+    main()
