@@ -1,0 +1,152 @@
+"""Loading a saved model by its Hub repo id, offline: with the package, with `trust_remote_code` in a process that
+cannot import the package, and through `pipeline`.
+
+These machines cannot reach the Hub, so the repo is laid out in a temporary `HF_HUB_CACHE` exactly as huggingface_hub
+stores a download (`models--ORG--NAME/refs/main` holding the revision, files under `snapshots/<revision>/`) and every
+load runs with `HF_HUB_OFFLINE=1`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from mislas_hf import MislasConfig, MislasForImageClassification
+from mislas_hf.data import make_image_processor
+
+REPO_ID = "mislas-org/mislas-resnet32-tiny"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tmp_path_factory):
+    """A ResNet-32 (10 labels, class counts, CIFAR image processor) in a Hub-layout cache, and its reference outputs
+    on one image."""
+    root = tmp_path_factory.mktemp("hub_loading")
+    torch.manual_seed(0)
+    config = MislasConfig(
+        backbone="resnet32",
+        num_labels=10,
+        id2label=dict(enumerate(CLASS_NAMES)),
+        label2id={name: k for k, name in enumerate(CLASS_NAMES)},
+        class_counts=[5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],
+        class_group_boundaries=[3, 7],
+    )
+    model = MislasForImageClassification(config).eval()
+    processor = make_image_processor("cifar")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    pixel_values = processor(image, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        raw = model(pixel_values).logits
+        # per-class scale s of Eq. (4) so that the softmax is neither saturated nor flat
+        model.classifier.scale.copy_(torch.linspace(0.5, 1.5, 10) * 2 / raw.std())
+        logits = model(pixel_values).logits
+
+    cache = root / "hub_cache"
+    repo_folder = cache / ("models--" + REPO_ID.replace("/", "--"))
+    model.save_pretrained(repo_folder / "snapshots" / REVISION)
+    processor.save_pretrained(repo_folder / "snapshots" / REVISION)
+    (repo_folder / "refs").mkdir()
+    (repo_folder / "refs" / "main").write_text(REVISION)
+    image.save(root / "image.png")
+    torch.save(pixel_values, root / "pixel_values.pt")
+    return SimpleNamespace(root=root, cache=cache, pixel_values=pixel_values, logits=logits)
+
+
+def test_reference_outputs_are_informative(hub_repo):
+    probabilities = hub_repo.logits.softmax(-1)[0]
+    assert 0.2 < probabilities.max() < 0.95 and len(set(probabilities.argsort().tolist())) == 10
+
+
+def test_from_pretrained_by_repo_id_with_the_package(hub_repo, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = MislasForImageClassification.from_pretrained(REPO_ID, cache_dir=hub_repo.cache).eval()
+    with torch.no_grad():
+        logits = model(hub_repo.pixel_values).logits
+    assert (logits - hub_repo.logits).abs().max().item() < 1e-6
+    processor = AutoImageProcessor.from_pretrained(REPO_ID, cache_dir=hub_repo.cache)
+    assert torch.equal(processor(Image.open(hub_repo.root / "image.png"), return_tensors="pt").pixel_values,
+                       hub_repo.pixel_values)
+
+
+# Runs in a fresh interpreter standing for a user without mislas_hf: imports of it are refused up front (the
+# package may be installed in this virtual environment, editable or not), and the cwd is not the repository.
+WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseMislasHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mislas_hf" or name.startswith("mislas_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+
+    sys.meta_path.insert(0, RefuseMislasHf())
+    try:
+        import mislas_hf
+        sys.exit("mislas_hf is importable in the process that should not have it")
+    except ModuleNotFoundError:
+        pass
+
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, pipeline
+
+    repo_id, image_path, pixels_path, out_path = sys.argv[1:5]
+    model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(torch.load(pixels_path)).logits
+    classifier = pipeline("image-classification", model=repo_id, trust_remote_code=True)
+    predictions = classifier(Image.open(image_path), top_k=10)
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] == "mislas_hf")
+    with open(out_path, "w") as handle:
+        json.dump({"logits": logits.tolist(), "predictions": predictions, "model_module": type(model).__module__,
+                   "mislas_hf_modules": loaded}, handle)
+    """
+)
+
+
+def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON", "TRANSFORMERS"))}
+    env.update(
+        HF_HUB_CACHE=str(hub_repo.cache),
+        HF_HOME=str(hub_repo.root / "hf_home"),  # remote-code modules are copied here
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONNOUSERSITE="1",
+    )
+    out_path = hub_repo.root / "without_package.json"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PACKAGE, REPO_ID, str(hub_repo.root / "image.png"),
+         str(hub_repo.root / "pixel_values.pt"), str(out_path)],
+        cwd=hub_repo.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(out_path.read_text())
+    assert outputs["mislas_hf_modules"] == []
+    assert outputs["model_module"].startswith("transformers_modules.")  # the code files shipped in the repo
+
+    logits = torch.tensor(outputs["logits"])
+    assert (logits - hub_repo.logits).abs().max().item() < 1e-6
+
+    # the pipeline's scores are the softmax of the original model's logits on the processor's output
+    probabilities = hub_repo.logits.softmax(-1)[0]
+    predictions = outputs["predictions"]
+    assert [p["label"] for p in predictions] == [CLASS_NAMES[k] for k in probabilities.argsort(descending=True)]
+    scores = torch.tensor([p["score"] for p in predictions])
+    expected = torch.tensor([probabilities[CLASS_NAMES.index(p["label"])].item() for p in predictions])
+    assert (scores - expected).abs().max().item() < 1e-6
