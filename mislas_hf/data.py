@@ -7,6 +7,8 @@
   ids remapped so that class 0 has the most training images (reference `datasets/imagenet.py`, `LT_Dataset`).
 * The reference's image transforms per family ("cifar", "imagenet"), built on kornia and applied lazily with
   `Dataset.set_transform`, and the matching transformers image processor for inference.
+* For CIFAR, a faster path: images decoded once into memory (`decode_cifar_images`) and whole batches cropped,
+  flipped and normalised on their device (`augment_cifar_batch`), with the same augmentation distribution.
 
 `load_benchmark` ties these together by benchmark name. This module does not import the model or the trainer.
 """
@@ -353,6 +355,111 @@ def make_transform(
     else:
         raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
     return BatchImageTransform(per_image, batch_ops, image_column, label_column)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# In-memory CIFAR: images decoded once, whole batches cropped, flipped and normalised on their device
+# --------------------------------------------------------------------------------------------------------------------
+
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+"""Shape (C, H, W) of the images that `decode_cifar_images` stores."""
+CIFAR_CROP_PADDING = 4
+"""Zero padding of the reference's `RandomCrop(32, padding=4)`."""
+
+
+def _decode_cifar_batch(images: list) -> dict:
+    """`Dataset.map` function of `decode_cifar_images`: PIL images -> raw CHW uint8 bytes."""
+    arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
+    sizes = {array.shape[:2] for array in arrays} - {CIFAR_IMAGE_SHAPE[1:]}
+    if sizes:
+        raise ValueError(
+            f"decode_cifar_images expects 32x32 images (the cifar family) but found sizes {sorted(sizes)}: use the "
+            f"per-sample make_transform for other images"
+        )
+    return {"pixels": [array.transpose(2, 0, 1).tobytes() for array in arrays]}
+
+
+def decode_cifar_images(dataset: datasets.Dataset, image_column: str = "image") -> datasets.Dataset:
+    """Decode every image of a CIFAR split once, into a `pixels` column of raw uint8 bytes (3 x 32 x 32, CHW order).
+
+    `image_column` is replaced; the other columns are kept, so `dataset_labels`, `class_counts` and the class-aware
+    sampler read the labels as before. About 3 KB per image (37 MB for CIFAR-10-LT plus its test set); `datasets`
+    caches the result next to the source files, so later runs skip the decoding. Pair it with
+    `InMemoryCifarTransform`. Raises `ValueError` for images that are not 32x32.
+    """
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"image column '{image_column}' not found; the dataset has columns {dataset.column_names}: pass "
+            f"image_column=<the column holding the images>"
+        )
+    features = {name: feature for name, feature in dataset.features.items() if name != image_column}
+    return dataset.map(
+        _decode_cifar_batch,
+        batched=True,
+        input_columns=image_column,
+        remove_columns=image_column,
+        features=datasets.Features({**features, "pixels": datasets.Value("binary")}),
+        desc="Decoding images once",
+    )
+
+
+def augment_cifar_batch(images: torch.Tensor, train: bool = True) -> torch.Tensor:
+    """`make_transform("cifar", train)` on a whole uint8 batch `[B, 3, H, W]`, on the batch's device (CPU or GPU).
+
+    train: each image gets its own crop offset, drawn uniformly from the 9 x 9 positions of an H x W window in the
+    image zero-padded by 4 pixels (`RandomCrop(32, padding=4)`), and its own horizontal flip with probability 0.5
+    (`RandomHorizontalFlip`), from the device's torch RNG. Then, as in evaluation, the pixels are scaled to [0, 1] and
+    normalised with `CIFAR_MEAN`/`CIFAR_STD` by the same float32 operations as the per-sample transform.
+    Returns a float32 `[B, 3, H, W]` tensor.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            f"augment_cifar_batch takes a uint8 [B, C, H, W] batch, got {images.dtype} of shape {tuple(images.shape)}"
+        )
+    device = images.device
+    if train:
+        batch, channels, height, width = images.shape
+        pad = CIFAR_CROP_PADDING
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        rows = torch.randint(0, 2 * pad + 1, (batch, 1), device=device) + torch.arange(height, device=device)
+        cols = torch.randint(0, 2 * pad + 1, (batch, 1), device=device) + torch.arange(width, device=device)
+        flip = torch.rand(batch, 1, device=device) < 0.5
+        cols = torch.where(flip, cols.flip(1), cols)
+        images = padded.gather(2, rows[:, None, :, None].expand(batch, channels, height, width + 2 * pad))
+        images = images.gather(3, cols[:, None, None, :].expand(batch, channels, height, width))
+    mean = torch.tensor(CIFAR_MEAN, device=device)[:, None, None]
+    std = torch.tensor(CIFAR_STD, device=device)[:, None, None]
+    return (images.float().div_(255.0) - mean) / std
+
+
+class InMemoryCifarTransform:
+    """Callable for `Dataset.set_transform` on a `decode_cifar_images` split: a batch ->
+    `{"pixel_values": [...], "labels": [int]}` without decoding any image.
+
+    train=True: the raw uint8 `(3, 32, 32)` images; the trainer crops, flips and normalises the whole collated batch
+    on its device (`MislasTrainer(batch_augmentation=augment_cifar_batch)`). train=False: normalised float32 images,
+    equal to `make_transform("cifar", train=False)`, so any `Trainer` or model can consume them.
+    """
+
+    def __init__(self, train: bool, label_column: str = "label"):
+        self.train = train
+        self.label_column = label_column
+
+    def __call__(self, batch: dict) -> dict:
+        """Transform one batch (columns as lists) of a decoded `datasets.Dataset`."""
+        for column in ("pixels", self.label_column):
+            if column not in batch:
+                raise ValueError(
+                    f"column '{column}' not in the batch (columns {list(batch)}): InMemoryCifarTransform reads "
+                    f"splits made by decode_cifar_images"
+                )
+        raw = bytearray(b"".join(batch["pixels"]))
+        images = torch.frombuffer(raw, dtype=torch.uint8).view(-1, *CIFAR_IMAGE_SHAPE)
+        pixel_values = images if self.train else augment_cifar_batch(images, train=False)
+        return {
+            "pixel_values": list(pixel_values.unbind(0)),
+            "labels": [int(label) for label in batch[self.label_column]],
+        }
 
 
 def make_image_processor(family: str) -> ConvNextImageProcessorPil:
