@@ -32,7 +32,7 @@ from .data import (
     make_transform,
     subset,
 )
-from .hub import push_model_folder, write_model_card
+from .hub import PAPER_RESULTS, push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification
 from .trainer import MislasTrainer, MislasTrainingArguments
 
@@ -263,6 +263,7 @@ def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_ya
             model_id=trainer.args.hub_model_id or Path(output_dir).name,
             training_config_yaml=config_yaml,
             diagram_filename=DIAGRAM_FILENAME,
+            paper_metrics=PAPER_RESULTS.get((benchmark.name, benchmark.imbalance_factor)),
             provenance=f"Measured by mislas_hf on the {benchmark.name} test split ({len(correct)} images).",
         )
     trainer.accelerator.wait_for_everyone()

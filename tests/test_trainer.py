@@ -62,6 +62,22 @@ def test_both_stages_write_the_documented_files(both_stages):
     assert config["class_group_boundaries"] == [3, 7]
 
 
+def test_card_of_the_real_run_carries_the_measured_metrics(both_stages):
+    from huggingface_hub import ModelCard
+
+    output_dir, results = both_stages
+    card = ModelCard.load(output_dir / "stage2/README.md")
+    measured = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    expected = results["stage2"]
+    assert measured["Top-1 accuracy (%)"] == pytest.approx(round(100 * expected["eval_accuracy"], 2))
+    assert measured["Many-shot accuracy (%)"] == pytest.approx(round(100 * expected["eval_many_accuracy"], 2))
+    assert measured["ECE (15 bins, %)"] == pytest.approx(round(100 * expected["eval_ece"], 2))
+    assert measured["NLL (nats)"] == pytest.approx(round(expected["eval_nll"], 4))
+    assert all(result.dataset_split == "test" for result in card.data.eval_results)
+    assert "(reliability_diagram.png)" in card.text
+    assert "82.1" in card.text  # the paper's CIFAR-10-LT IF100 top-1, in its own table
+
+
 def test_stage2_changes_only_the_head_and_bn_statistics(both_stages):
     output_dir, _ = both_stages
     stage1 = load_file(output_dir / "stage1/model.safetensors")
