@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .configuration_mislas import MislasConfig
-from .data import _read_list_file, long_tailed_class_counts, make_image_processor
+from .data import class_order_by_count, long_tailed_class_counts, make_image_processor, read_list_file
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification
 
@@ -141,106 +141,17 @@ def _reference_name(our_key: str) -> tuple[str, str] | None:
     raise KeyError(f"no reference name for {our_key}: mislas_hf.convert does not know this parameter")
 
 
-def reference_class_order(values: Sequence) -> list[int]:
-    """
-    `np.argsort(values)` exactly as numpy 1.17-1.24 computes it on x86 without AVX-512 sorting (introsort: median-of-3
-    quicksort, insertion sort below 16 elements, heapsort past 2*log2(n) levels).
-
-    The reference numbers ImageNet-LT / Places-LT / iNaturalist classes by `np.argsort(-counts)` (numpy 1.19); that
-    sort is not stable, so classes with equal counts get an order only this algorithm reproduces (newer numpy with
-    AVX-512 and `kind="stable"` both give other orders). Pass `-counts` to get the reference's class order.
-    """
-    keys = list(values)
-    order = list(range(len(keys)))
-    stack = []
-    low, high = 0, len(keys) - 1
-    depth_limit = (max(len(keys), 1).bit_length() - 1) * 2
-    while True:
-        if depth_limit < 0:
-            _heapsort_indices(keys, order, low, high - low + 1)
-        else:
-            while high - low > 15:
-                middle = low + ((high - low) >> 1)
-                if keys[order[middle]] < keys[order[low]]:
-                    order[middle], order[low] = order[low], order[middle]
-                if keys[order[high]] < keys[order[middle]]:
-                    order[high], order[middle] = order[middle], order[high]
-                if keys[order[middle]] < keys[order[low]]:
-                    order[middle], order[low] = order[low], order[middle]
-                pivot = keys[order[middle]]
-                i, j = low, high - 1
-                order[middle], order[j] = order[j], order[middle]
-                while True:
-                    i += 1
-                    while keys[order[i]] < pivot:
-                        i += 1
-                    j -= 1
-                    while pivot < keys[order[j]]:
-                        j -= 1
-                    if i >= j:
-                        break
-                    order[i], order[j] = order[j], order[i]
-                order[i], order[high - 1] = order[high - 1], order[i]
-                depth_limit -= 1
-                if i - low < high - i:  # keep the larger part for later, go on with the smaller
-                    stack.append((i + 1, high, depth_limit))
-                    high = i - 1
-                else:
-                    stack.append((low, i - 1, depth_limit))
-                    low = i + 1
-            for i in range(low + 1, high + 1):  # insertion sort
-                item = order[i]
-                j = i
-                while j > low and keys[item] < keys[order[j - 1]]:
-                    order[j] = order[j - 1]
-                    j -= 1
-                order[j] = item
-        if not stack:
-            return order
-        low, high, depth_limit = stack.pop()
-
-
-def _heapsort_indices(keys: list, order: list[int], start: int, count: int) -> None:
-    """numpy's `aheapsort` on `order[start:start + count]` (1-based heap as in its C code)."""
-
-    def at(k: int) -> int:
-        return order[start + k - 1]
-
-    def put(k: int, item: int) -> None:
-        order[start + k - 1] = item
-
-    def sift(item: int, i: int, n: int) -> None:
-        j = 2 * i
-        while j <= n:
-            if j < n and keys[at(j)] < keys[at(j + 1)]:
-                j += 1
-            if keys[item] < keys[at(j)]:
-                put(i, at(j))
-                i, j = j, 2 * j
-            else:
-                break
-        put(i, item)
-
-    for first in range(count >> 1, 0, -1):
-        sift(at(first), first, count)
-    while count > 1:
-        item = at(count)
-        put(count, at(1))
-        count -= 1
-        sift(item, 1, count)
-
-
 def labels_from_train_list(train_list: str | os.PathLike, num_labels: int) -> tuple[list[int], dict[int, str]]:
     """Class counts in the reference's class order and `id2label` (`orig_<original id>`) from an official training
     list (`relative/path.jpg label` per line)."""
-    _, original_ids = _read_list_file(Path(train_list))
+    _, original_ids = read_list_file(Path(train_list))
     if max(original_ids) >= num_labels:
         raise ValueError(
             f"{train_list} has class id {max(original_ids)} but the benchmark has {num_labels} classes: pass the "
             f"training list of the benchmark given by --dataset"
         )
     counts = np.bincount(original_ids, minlength=num_labels)
-    order = reference_class_order((-counts).tolist())
+    order = class_order_by_count(original_ids, num_labels)
     return [int(counts[original]) for original in order], {k: f"orig_{original}" for k, original in enumerate(order)}
 
 

@@ -18,7 +18,8 @@ from huggingface_hub import ModelCard
 from torch import nn
 
 from mislas_hf import MislasForImageClassification
-from mislas_hf.convert import convert, labels_from_train_list, main, reference_class_order
+from mislas_hf.convert import convert, labels_from_train_list, main
+from mislas_hf.data import reference_class_order
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reference networks (re-implemented from the reference's forward; parameter names as in its state dicts)

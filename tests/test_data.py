@@ -11,10 +11,14 @@ from transformers import AutoImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from mislas_hf.data import (
+    reference_class_order,
     CIFAR_MEAN,
     CIFAR_STD,
+    InMemoryCifarTransform,
+    augment_cifar_batch,
     class_counts,
     dataset_labels,
+    decode_cifar_images,
     load_benchmark,
     load_list_file_dataset,
     long_tailed_class_counts,
@@ -199,22 +203,23 @@ def test_places_lt_lists_are_remapped_by_descending_count(splits_dir):
     assert counts[0] == 4980 and counts[-1] == 5 and sum(counts) == 62500
     assert counts == sorted(counts, reverse=True)
 
-    # independent mapping: sort original ids by (-training count, original id)
+    # independent mapping: ids by descending training count; ties in the reference's np.argsort order (numpy 1.19's
+    # unstable introsort, emulated by reference_class_order and checked against numpy 1.24 in test_convert)
     def read(name):
         return [line.split() for line in (splits_dir / name).read_text().splitlines() if line.strip()]
 
     train_lines, test_lines = read("Places_LT_train.txt"), read("Places_LT_test.txt")
     original = collections.Counter(int(label) for _, label in train_lines)
-    order = sorted(original, key=lambda c: (-original[c], c))
+    order = reference_class_order([-original[c] for c in range(365)])
+    assert [original[c] for c in order] == sorted(original.values(), reverse=True)
     new_id = {orig: new for new, orig in enumerate(order)}
     assert dataset_labels(train) == [new_id[int(label)] for _, label in train_lines]
     assert dataset_labels(test) == [new_id[int(label)] for _, label in test_lines]
-    # by hand: original class 0 (airfield) has 219 training images, 71 classes have more -> id 71;
-    # original 1 and 364 have 20 each, after 288 classes with more and, among the 20s, ids 1 < ... < 364
-    assert original[0] == 219 and test_lines[0] == ["val_256/Places365_val_00003597.jpg", "0"]
-    assert dataset_labels(test)[0] == 71 and counts[71] == 219
-    assert [new_id[1], new_id[364]] == [288, 293] and counts[288] == counts[293] == 20
-    assert train.features["label"].names[71] == "orig_0"
+    # by hand: original class 0 (airfield) has 219 training images and 71 classes have more
+    assert original[0] == 219 and sum(count > 219 for count in original.values()) == 71
+    assert test_lines[0] == ["val_256/Places365_val_00003597.jpg", "0"]
+    assert counts[dataset_labels(test)[0]] == 219
+    assert train.features["label"].names[new_id[0]] == "orig_0"
     assert train.with_format("arrow")["image"][0]["path"].as_py() == "/images/data_256/a/airfield/00004851.jpg"
 
 
@@ -370,6 +375,109 @@ def test_imagenet_train_transform_crops_to_224_and_jitters_brightness():
 
 
 # ----------------------------------------------------------------------------------------------- image processors
+
+
+# ----------------------------------------------------------------------------------------------- in-memory CIFAR
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def unnormalize(pixel_values: torch.Tensor) -> np.ndarray:
+    """Normalised float pixel values [B, 3, H, W] back to [0, 255], in float64."""
+    mean, std = np.asarray(CIFAR_MEAN)[:, None, None], np.asarray(CIFAR_STD)[:, None, None]
+    return (pixel_values.cpu().double().numpy() * std + mean) * 255
+
+
+@pytest.fixture(scope="module")
+def cifar_sample(cifar10):
+    """64 real training images and their in-memory (decoded once) split."""
+    source = cifar10["train"].select(range(64))
+    return source, decode_cifar_images(source, image_column="img")
+
+
+def test_decode_cifar_images_keeps_the_raw_pixels_and_the_labels(cifar_sample):
+    source, decoded = cifar_sample
+    assert set(decoded.column_names) == {"label", "pixels"}
+    assert dataset_labels(decoded) == source["label"]
+    batch = decoded.with_transform(InMemoryCifarTransform(train=True))[:64]
+    assert batch["labels"] == source["label"]
+    for image, pixels in zip(source["img"], batch["pixel_values"]):
+        assert pixels.dtype == torch.uint8
+        np.testing.assert_array_equal(pixels.numpy(), np.asarray(image).transpose(2, 0, 1))
+
+
+def test_in_memory_eval_transform_equals_the_per_sample_eval_transform(cifar10):
+    source = cifar10["test"].select(range(64))
+    expected = make_transform("cifar", train=False, image_column="img")(source[:64])["pixel_values"]
+    out = decode_cifar_images(source, image_column="img").with_transform(InMemoryCifarTransform(train=False))[:64]
+    assert out["labels"] == source["label"]
+    np.testing.assert_allclose(
+        torch.stack(out["pixel_values"]).numpy(), torch.stack(expected).numpy(), rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_augment_cifar_batch_is_a_window_of_the_zero_padded_image(cifar_sample, device):
+    _, decoded = cifar_sample
+    images = torch.stack(decoded.with_transform(InMemoryCifarTransform(train=True))[:64]["pixel_values"])
+    torch.manual_seed(0)
+    out = augment_cifar_batch(images.to(device), train=True)
+    assert out.dtype == torch.float32 and out.device.type == device
+    restored = unnormalize(out)
+    padded = np.pad(images.numpy().astype(np.float64), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (32, 32), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
+    shifts, flips = set(), []
+    for image_windows, pixels in zip(windows, restored):  # image_windows: [9, 9, 3, 32, 32]
+        errors = [np.abs(image_windows[..., ::step] - pixels).max(axis=(2, 3, 4)) for step in (1, -1)]
+        matches = np.argwhere(np.stack(errors) < 1e-3)  # (flip, dy, dx)
+        assert len(matches), "the output is not a (flipped) 32x32 window of the 4-pixel zero-padded image"
+        flip, dy, dx = matches[0]
+        shifts.add((dy, dx))
+        flips.append(flip)
+    assert len(shifts) >= 20  # 81 possible offsets, 64 images
+    assert {0, 8} <= {dy for dy, _ in shifts} and {0, 8} <= {dx for _, dx in shifts}
+    assert 16 <= sum(flips) <= 48  # p = 0.5 per image
+
+
+def test_augment_cifar_batch_draws_each_image_a_uniform_offset_and_a_fair_flip():
+    """Position-coded images (channel 0 = row + 1, channel 1 = column + 1): every output must be exactly the
+    window its decoded offset and flip say, offsets uniform over the 9 x 9 positions, flips with p = 0.5."""
+    n = 4000
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    coded = np.stack([rows + 1, cols + 1, np.full_like(rows, 200)]).astype(np.uint8)
+    torch.manual_seed(1)
+    out = np.rint(unnormalize(augment_cifar_batch(torch.from_numpy(coded).expand(n, 3, 32, 32).contiguous())))
+    out = out.astype(np.int16)
+    dy = out[:, 0, 16, 16] - 13  # output row 16 is padded row 16 + dy, i.e. image row 12 + dy
+    flip = out[:, 1, 16, 17] < out[:, 1, 16, 16]
+    dx = out[:, 1, 16, 16] - np.where(flip, 12, 13)  # a flipped output column j is padded column dx + 31 - j
+    padded = np.pad(coded.astype(np.int16), ((0, 0), (4, 4), (4, 4)))
+    window_rows = dy[:, None] + np.arange(32)
+    window_cols = dx[:, None] + np.where(flip[:, None], np.arange(31, -1, -1), np.arange(32))
+    expected = padded[:, window_rows[:, :, None], window_cols[:, None, :]].transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(out, expected)
+    counts = np.bincount(dy * 9 + dx, minlength=81)
+    assert counts.size == 81 and dy.min() >= 0 and dx.min() >= 0
+    chi_square = ((counts - n / 81) ** 2 / (n / 81)).sum()
+    assert chi_square < 125  # 80 degrees of freedom: P(chi2 > 125) < 0.001
+    assert abs(flip.mean() - 0.5) < 4 * 0.5 / np.sqrt(n)
+    assert abs(flip[dx < 4].mean() - flip[dx > 4].mean()) < 0.06  # flips independent of the offsets
+
+
+def test_in_memory_path_converts_modes_and_rejects_bad_input():
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    gray = datasets.Dataset.from_dict({"image": [Image.new("L", (32, 32), 100)], "label": [1]}, features=features)
+    pixels = decode_cifar_images(gray).with_transform(InMemoryCifarTransform(train=True))[0]["pixel_values"]
+    assert torch.equal(pixels, torch.full((3, 32, 32), 100, dtype=torch.uint8))
+    large = datasets.Dataset.from_dict({"image": [Image.new("RGB", (40, 40))], "label": [0]}, features=features)
+    with pytest.raises(ValueError, match="32x32"):
+        decode_cifar_images(large)
+    with pytest.raises(ValueError, match="image column 'img'"):
+        decode_cifar_images(gray, image_column="img")
+    with pytest.raises(ValueError, match="uint8"):
+        augment_cifar_batch(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="decode_cifar_images"):
+        gray.with_transform(InMemoryCifarTransform(train=True))[0]
 
 
 @pytest.mark.slow
