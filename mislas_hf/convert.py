@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .configuration_mislas import MislasConfig
-from .data import class_order_by_count, long_tailed_class_counts, make_image_processor, read_list_file
+from .data import BENCHMARKS, class_order_by_count, long_tailed_class_counts, make_image_processor, read_list_file
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification
 
@@ -60,10 +60,7 @@ class ReferenceSetting:
     (`head/med/tail_class_idx` of its configs)."""
 
     backbone: str
-    num_labels: int
     dataset_name: str
-    class_group_boundaries: tuple[int, int]
-    dataset_id: str | None = None
     cifar_images_per_class: int | None = None  # CIFAR: images per class before the long-tailed cut
     class_names: tuple[str, ...] | None = None
     extra_block: bool = False
@@ -71,19 +68,14 @@ class ReferenceSetting:
 
 
 SETTINGS = {
-    "cifar10-lt": ReferenceSetting(
-        "resnet32", 10, "CIFAR-10-LT", (3, 7), "uoft-cs/cifar10", 5000, CIFAR10_CLASSES
-    ),
-    "cifar100-lt": ReferenceSetting(
-        "resnet32", 100, "CIFAR-100-LT", (36, 71), "uoft-cs/cifar100", 500, CIFAR100_CLASSES
-    ),
-    "imagenet-lt": ReferenceSetting("resnet50", 1000, "ImageNet-LT", (390, 835)),
-    "inat2018": ReferenceSetting("resnet50", 8142, "iNaturalist 2018", (842, 4543)),
-    "places-lt": ReferenceSetting(
-        "resnet152", 365, "Places-LT", (131, 288), extra_block=True, freeze_backbone=True
-    ),
+    "cifar10-lt": ReferenceSetting("resnet32", "CIFAR-10-LT", 5000, CIFAR10_CLASSES),
+    "cifar100-lt": ReferenceSetting("resnet32", "CIFAR-100-LT", 500, CIFAR100_CLASSES),
+    "imagenet-lt": ReferenceSetting("resnet50", "ImageNet-LT"),
+    "inat2018": ReferenceSetting("resnet50", "iNaturalist 2018"),
+    "places-lt": ReferenceSetting("resnet152", "Places-LT", extra_block=True, freeze_backbone=True),
 }
-"""The benchmarks of the reference, by the `--dataset` name."""
+"""How the reference trains each benchmark, by the `--dataset` name; classes, Hub id and the Many/Medium/Few split
+come from `mislas_hf.data.BENCHMARKS`."""
 DEFAULT_CIFAR_IMBALANCE_FACTOR = 100
 
 LWS_SECTION, BLOCK_SECTION = "state_dict_lws_model", "state_dict_block"
@@ -350,11 +342,11 @@ def reference_labels(
     setting = SETTINGS[dataset]
     if setting.cifar_images_per_class is not None:
         factor = DEFAULT_CIFAR_IMBALANCE_FACTOR if imbalance_factor is None else imbalance_factor
-        counts = long_tailed_class_counts(setting.cifar_images_per_class, setting.num_labels, factor)
+        counts = long_tailed_class_counts(setting.cifar_images_per_class, BENCHMARKS[dataset].num_classes, factor)
         return counts, dict(enumerate(setting.class_names))
     if train_list is not None:
-        return labels_from_train_list(train_list, setting.num_labels)
-    return None, {k: f"class_{k}" for k in range(setting.num_labels)}
+        return labels_from_train_list(train_list, BENCHMARKS[dataset].num_classes)
+    return None, {k: f"class_{k}" for k in range(BENCHMARKS[dataset].num_classes)}
 
 
 def build_converted_model(
@@ -367,11 +359,11 @@ def build_converted_model(
     counts, id2label = labels
     config = MislasConfig(
         backbone=setting.backbone,
-        num_labels=setting.num_labels,
+        num_labels=BENCHMARKS[dataset].num_classes,
         id2label=id2label,
         label2id={label: k for k, label in id2label.items()},
         class_counts=counts,
-        class_group_boundaries=list(setting.class_group_boundaries),
+        class_group_boundaries=BENCHMARKS[dataset].class_group_boundaries,
         stage=stage,
         head_mode="mislas" if stage == 2 else "linear",
         extra_block=setting.extra_block,
@@ -430,7 +422,7 @@ def convert(
     card_arguments = {
         "model_config": model.config,
         "metrics": None,
-        "dataset_id": setting.dataset_id,
+        "dataset_id": BENCHMARKS[dataset].hub_id,
         "dataset_name": dataset_name,
         "model_id": push_to_hub or output_dir.name,
         "paper_metrics": paper,

@@ -198,12 +198,6 @@ def train_batch_augmentation(data_args: DataArguments, benchmark):
     return augment_cifar_batch if data_args.uses_in_memory_images(benchmark.family) else None
 
 
-def group_boundaries(benchmark) -> list[int] | None:
-    """The benchmark's Many/Medium/Few index ranges ((0, a), (a, b), (b, K)) as the config's `[a, b]`."""
-    ranges = benchmark.class_group_boundaries
-    return None if ranges is None else [ranges[0][1], ranges[1][1]]
-
-
 def build_model(model_args: ModelArguments, benchmark, counts: list[int]) -> MislasForImageClassification:
     """A new stage-1 model for the benchmark (or one started from `model_name_or_path`)."""
     labels = dict(enumerate(benchmark.class_names))
@@ -212,7 +206,7 @@ def build_model(model_args: ModelArguments, benchmark, counts: list[int]) -> Mis
         id2label=labels,
         label2id={name: index for index, name in labels.items()},
         class_counts=counts,
-        class_group_boundaries=group_boundaries(benchmark),
+        class_group_boundaries=benchmark.class_group_boundaries,
     )
     if model_args.model_name_or_path:
         return MislasForImageClassification.from_pretrained(
@@ -236,7 +230,7 @@ def load_stage1_model(path: str, benchmark, counts: list[int]) -> MislasForImage
             f"{len(benchmark.class_names)}: pass a stage-1 model trained on this benchmark (--model_name_or_path)."
         )
     model.config.class_counts = counts
-    model.config.class_group_boundaries = group_boundaries(benchmark)
+    model.config.class_group_boundaries = benchmark.class_group_boundaries
     return model
 
 
@@ -371,7 +365,7 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
     if model.config.class_counts is None:
         model.config.class_counts = counts
     if model.config.class_group_boundaries is None:
-        model.config.class_group_boundaries = group_boundaries(benchmark)
+        model.config.class_group_boundaries = benchmark.class_group_boundaries
     eval_args = dataclasses.replace(args, push_to_hub=False)
     trainer = Trainer(
         model=model,

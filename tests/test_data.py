@@ -532,7 +532,7 @@ def test_load_benchmark_cifar10_lt_from_a_local_parquet_folder(cifar10_dir, cifa
     assert benchmark.class_counts == CIFAR10_LT_IF100 == class_counts(train)
     assert len(test) == 10000 and class_counts(test) == [1000] * 10
     assert benchmark.class_names[:3] == ["airplane", "automobile", "bird"]
-    assert benchmark.class_group_boundaries == ((0, 3), (3, 7), (7, 10))
+    assert benchmark.class_group_boundaries == (3, 7)
     # the same rows as the reference cut: compare a few images with the rows the reference keeps
     rows = reference_long_tailed_rows(dataset_labels(cifar10["train"]), 0.01)
     for position in (0, 5000, 12405):
@@ -557,7 +557,7 @@ def test_load_benchmark_places_lt_from_data_dir(tmp_path, splits_dir):
     write_list(tmp_path / "Places_LT_train.txt", entries)
     write_list(tmp_path / "Places_LT_test.txt", entries[2:])
     benchmark = load_benchmark("Places-LT", data_dir=tmp_path)
-    assert benchmark.family == "imagenet" and benchmark.class_group_boundaries is None
+    assert benchmark.family == "imagenet" and benchmark.class_group_boundaries == (131, 288)
     assert benchmark.imbalance_factor is None
     assert benchmark.class_counts == [2, 1, 0, 0] and benchmark.class_names == ["orig_3", "orig_1", "orig_0", "orig_2"]
     assert dataset_labels(benchmark.splits["test"]) == [1]
