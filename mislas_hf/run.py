@@ -234,8 +234,9 @@ def load_stage1_model(path: str, benchmark, counts: list[int]) -> MislasForImage
     return model
 
 
-def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_yaml: str | None) -> dict:
-    """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card."""
+def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_yaml: str | None, model_id: str) -> dict:
+    """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card
+    (`model_id`: the Hub repo id its loading snippets use)."""
     prediction = trainer.predict(test_dataset, metric_key_prefix="eval")
     metrics = prediction.metrics
     trainer.log_metrics("eval", metrics)
@@ -253,8 +254,9 @@ def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_ya
             model_config=model.config,
             metrics=metrics,
             dataset_id=BENCHMARKS[benchmark.name].hub_id or benchmark.name,
-            dataset_name=benchmark.name,
-            model_id=trainer.args.hub_model_id or Path(output_dir).name,
+            dataset_name=benchmark.name
+            + (f" (imbalance factor {benchmark.imbalance_factor:g})" if benchmark.imbalance_factor else ""),
+            model_id=model_id,
             training_config_yaml=config_yaml,
             diagram_filename=DIAGRAM_FILENAME,
             paper_metrics=PAPER_RESULTS.get((benchmark.name, benchmark.imbalance_factor)),
@@ -306,7 +308,10 @@ def run_stage(
     trainer.save_metrics("train", result.metrics, combined=False)
     trainer.save_state()
     save_stage(trainer, image_processor, stage_args.output_dir)
-    return report(trainer, test, stage_args.output_dir, benchmark, config_yaml)
+    return report(
+        trainer, test, stage_args.output_dir, benchmark, config_yaml,
+        model_id=args.hub_model_id or Path(args.output_dir).resolve().name,
+    )
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrainingArguments, config_yaml=None):
@@ -372,7 +377,7 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
         args=eval_args,
         compute_metrics=compute_metrics(model.config.class_counts, model.config.class_group_boundaries),
     )
-    metrics = report(trainer, test, args.output_dir, benchmark, None)
+    metrics = report(trainer, test, args.output_dir, benchmark, None, model_id=args.hub_model_id or model_path)
     if args.push_to_hub and args.process_index == 0:
         model.save_pretrained(args.output_dir)
         make_image_processor(benchmark.family).save_pretrained(args.output_dir)
