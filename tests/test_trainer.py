@@ -281,3 +281,79 @@ def test_killed_run_resumes_to_the_same_weights(cifar10_dir, tmp_path, monkeypat
     assert uninterrupted.keys() == resumed.keys()
     for name, value in uninterrupted.items():
         assert torch.equal(value, resumed[name]), name
+
+
+# ----------------------------------------------------------------------------------------------- speed paths (issue 6)
+
+
+def saved_for_backward(trainer, pixels, labels):
+    """The non-parameter tensors autograd saves for the backward pass of one training loss."""
+    parameters = {p.data_ptr() for p in trainer.model.parameters()}
+    saved = []
+
+    def pack(tensor):
+        if tensor.data_ptr() not in parameters:
+            saved.append(tensor)
+        return tensor
+
+    model = trainer.model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels}).backward()
+    return saved
+
+
+def test_stage2_keeps_no_backbone_activation_for_backward_and_still_shifts_bn(tmp_path):
+    pixels, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    stage1 = saved_for_backward(tiny_trainer(tmp_path, "1"), pixels, labels)
+    trainer = tiny_trainer(tmp_path, "2")
+    batch_norms = [m for m in trainer.model.mislas.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    means = [m.running_mean.clone() for m in batch_norms]
+    stage2 = saved_for_backward(trainer, pixels, labels)
+    assert sum(t.dim() == 4 for t in stage1) >= 31  # each of ResNet-32's 31 convolutions keeps its input
+    assert [tuple(t.shape) for t in stage2 if t.dim() > 2] == []  # nothing of the frozen backbone
+    assert sum(t.numel() for t in stage2) <= 16 * (64 + 4 * 10)  # features into the head, a few [16, 10] logits
+    assert all(not torch.equal(m.running_mean, mean) for m, mean in zip(batch_norms, means))  # shifted BN
+
+
+def test_channels_last_batch_augmentation_and_saved_weights(tmp_path):
+    from mislas_hf.data import augment_cifar_batch
+
+    torch.manual_seed(0)
+    config = MislasConfig(num_labels=10, class_counts=CIFAR10_LT_COUNTS)
+    reference = MislasForImageClassification(config)
+    model = MislasForImageClassification(config)
+    model.load_state_dict(reference.state_dict())
+    args = MislasTrainingArguments(output_dir=str(tmp_path), stage="1", report_to="none", mixup_alpha=0)
+    trainer = MislasTrainer(model=model, args=args, batch_augmentation=augment_cifar_batch)
+    conv = trainer.model.mislas.embedder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(8)
+    torch.manual_seed(5)
+    prepared = trainer._prepare_inputs({"pixel_values": images, "labels": labels})
+    torch.manual_seed(5)
+    expected = augment_cifar_batch(images, train=True)
+    assert torch.equal(prepared["pixel_values"], expected)
+    assert prepared["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    assert trainer._prepare_inputs(prepared)["pixel_values"] is prepared["pixel_values"]  # idempotent
+    loss = trainer.compute_loss(trainer.model.train(), prepared)
+    assert loss.item() == pytest.approx(F.cross_entropy(reference.train()(expected).logits, labels).item(), rel=1e-5)
+    trainer.model.eval()
+    evaluated = trainer._prepare_inputs({"pixel_values": images, "labels": labels})["pixel_values"]
+    assert torch.equal(evaluated, augment_cifar_batch(images, train=False))  # evaluation: normalisation only
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = load_file(tmp_path / "saved/model.safetensors")
+    for name, value in trainer.model.state_dict().items():
+        assert saved[name].is_contiguous() and torch.equal(saved[name], value), name
+    plain = MislasTrainer(model=reference, args=args)
+    with pytest.raises(ValueError, match="batch_augmentation"):
+        plain._prepare_inputs({"pixel_values": images, "labels": labels})
+
+
+def test_in_memory_images_are_refused_for_the_imagenet_family():
+    from mislas_hf.run import DataArguments
+
+    with pytest.raises(ValueError, match="in_memory_images"):
+        DataArguments(dataset="imagenet-lt", in_memory_images=True)
+    assert DataArguments(dataset="cifar100-lt").uses_in_memory_images("cifar")
+    assert not DataArguments(dataset="places-lt").uses_in_memory_images("imagenet")
