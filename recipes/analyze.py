@@ -64,7 +64,7 @@ def plot_confidence_distributions(models: dict, test_dataset, groups: dict, path
         data = [confidences[np.isin(labels, groups[name])] for name in ("many", "medium", "few") if groups[name]]
         names = [name.capitalize() for name in ("many", "medium", "few") if groups[name]]
         axis = figure.add_subplot(len(models), 1, index + 1)
-        axis.violinplot(data, vert=False, showmedians=True)
+        axis.violinplot(data, orientation="horizontal", showmedians=True)
         axis.set_yticks(np.arange(1, len(names) + 1), names)
         axis.set_xlim(0, 1)
         axis.set_title(f"{label}: predicted probability (paper Fig. 3)")
