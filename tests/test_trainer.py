@@ -357,3 +357,20 @@ def test_in_memory_images_are_refused_for_the_imagenet_family():
         DataArguments(dataset="imagenet-lt", in_memory_images=True)
     assert DataArguments(dataset="cifar100-lt").uses_in_memory_images("cifar")
     assert not DataArguments(dataset="places-lt").uses_in_memory_images("imagenet")
+
+
+def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar10_dir, tmp_path):
+    """`recipes/evaluate.py MODEL ...` on the saved stage-2 model gives the metrics the training run reported."""
+    import runpy
+
+    output_dir, results = both_stages
+    evaluate_main = runpy.run_path(str(REPO_ROOT / "recipes/evaluate.py"))["main"]
+    metrics = evaluate_main([
+        str(output_dir / "stage2"), "--dataset", "cifar10-lt", "--dataset_name", str(cifar10_dir),
+        "--max_eval_samples", "200", "--seed", "0", "--output_dir", str(tmp_path), "--report_to", "none",
+        "--per_device_eval_batch_size", "100",
+    ])
+    for key in ("eval_accuracy", "eval_many_accuracy", "eval_ece", "eval_mce", "eval_nll"):
+        assert metrics[key] == pytest.approx(results["stage2"][key], abs=1e-6), key
+    assert json.loads((tmp_path / "eval_results.json").read_text())["eval_ece"] == pytest.approx(metrics["eval_ece"])
+    assert (tmp_path / "reliability_diagram.png").is_file() and (tmp_path / "README.md").is_file()
