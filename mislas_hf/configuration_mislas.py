@@ -66,6 +66,8 @@ class MislasConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.id2label is not None and (self.label2id is None or set(self.label2id) != set(self.id2label.values())):
+            self.label2id = {name: index for index, name in self.id2label.items()}
         if self.backbone not in BACKBONES:
             raise ValueError(
                 f"MislasConfig.backbone={self.backbone!r} is not supported: choose one of {', '.join(BACKBONES)}."

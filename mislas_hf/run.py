@@ -204,7 +204,6 @@ def build_model(model_args: ModelArguments, benchmark, counts: list[int]) -> Mis
     config_kwargs = dict(
         num_labels=len(labels),
         id2label=labels,
-        label2id={name: index for index, name in labels.items()},
         class_counts=counts,
         class_group_boundaries=benchmark.class_group_boundaries,
     )

@@ -163,6 +163,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert type(auto) is MislasForImageClassification
     assert torch.equal(auto(pixels).logits, model(pixels).logits)
     assert AutoConfig.from_pretrained(tmp_path).id2label[3] == "class_3"
+    assert reloaded.config.label2id["class_3"] == 3  # derived from id2label
 
 
 @pytest.mark.parametrize(
