@@ -102,6 +102,10 @@ class MislasTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.bf16 and not torch.accelerator.is_available():
+            # The Trainer allows bf16 autocast on a CPU only with use_cpu, which changes nothing else on a machine
+            # without an accelerator.
+            self.use_cpu = True
         super().__post_init__()
         if not 0 <= self.smooth_tail <= self.smooth_head <= 0.5:
             raise ValueError(

@@ -374,3 +374,19 @@ def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar1
         assert metrics[key] == pytest.approx(results["stage2"][key], abs=1e-6), key
     assert json.loads((tmp_path / "eval_results.json").read_text())["eval_ece"] == pytest.approx(metrics["eval_ece"])
     assert (tmp_path / "reliability_diagram.png").is_file() and (tmp_path / "README.md").is_file()
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks bf16 on a machine without an accelerator")
+def test_bf16_on_a_cpu_autocasts_the_model_and_keeps_the_loss_in_float32(tmp_path):
+    trainer = tiny_trainer(tmp_path, "2", bf16=True)  # the Trainer alone would ask for use_cpu
+    assert trainer.args.use_cpu and trainer.accelerator.mixed_precision == "bf16"
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 9, 9])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Accelerate wraps the model's forward in
+        loss, outputs = trainer.compute_loss(trainer.model, {"pixel_values": pixels, "labels": labels}, True)
+    assert loss.dtype == torch.float32
+    expected = trainer.criterion(outputs.logits.double(), labels)  # the same logits, in float64
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with torch.no_grad():
+        full_precision = trainer.model(pixels).logits
+    difference = (outputs.logits - full_precision).abs().max().item()
+    assert 0 < difference < 0.05 * full_precision.abs().max().item()  # the forward really ran in bf16
