@@ -20,6 +20,8 @@ A variant is a `+`-joined list of tokens applied in order to the recipe config (
 per-sample transforms, 2 DataLoader workers); `default` is the recipe as configured.
 
     python benchmarks/throughput.py --variants baseline,default --json throughput.json
+
+`--repeats R` measures every variant R times, round robin, and reports the median run (the lower median for even R).
 """
 
 import argparse
@@ -57,7 +59,8 @@ TOKENS = {
     "fp32": ["--bf16", "false"],
     "compile": ["--torch_compile", "true"],
 }
-"""Variant tokens and the command-line flags they add; `workersN` sets N DataLoader workers."""
+"""Variant tokens and the command-line flags they add; `workersN` sets N DataLoader workers, and `NAME=VALUE` passes
+any option of recipes/train.py (`--NAME VALUE`)."""
 
 
 def variant_flags(variant: str) -> list[str]:
@@ -65,14 +68,17 @@ def variant_flags(variant: str) -> list[str]:
     flags = []
     for token in variant.split("+"):
         workers = re.fullmatch(r"workers(\d+)", token)
+        option = re.fullmatch(r"(\w+)=(\S+)", token)
         if workers:
             flags += ["--dataloader_num_workers", workers.group(1)]
+        elif option:
+            flags += [f"--{option.group(1)}", option.group(2)]
         elif token in TOKENS:
             flags += TOKENS[token]
         else:
             raise ValueError(
-                f"variant {variant!r}: unknown token {token!r}; use tokens {', '.join(TOKENS)} or workersN, "
-                f"joined by '+'"
+                f"variant {variant!r}: unknown token {token!r}; use tokens {', '.join(TOKENS)}, workersN or "
+                f"NAME=VALUE, joined by '+'"
             )
     return flags
 
@@ -213,9 +219,10 @@ def run_in_subprocess(spec: dict) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    """The results as a text table, with the speed-up over the first variant and over the reference."""
+    """The results as a text table, with the speed-up over the first variant and over the reference (images/s: the
+    median run, and the range over the runs)."""
     header = (
-        f"{'variant':<44} {'phase':<7} {'images/s':>9} {'step ms':>8} {'data wait':>9} {'saved MB':>9} "
+        f"{'variant':<44} {'phase':<7} {'images/s':>9} {'range':>11} {'step ms':>8} {'data wait':>9} {'saved MB':>9} "
         f"{'peak RSS MB':>11} {'CUDA MB':>8} {'x first':>8} {'x ref':>6}"
     )
     first = {r["phase"]: r["images_per_s"] for r in results if r["variant"] == results[0]["variant"]}
@@ -225,8 +232,9 @@ def format_table(results: list[dict]) -> str:
         cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
         reference = REFERENCE_IMAGES_PER_SECOND.get(r["phase"])
         vs_reference = "-" if reference is None else f"{r['images_per_s'] / reference:.2f}"
+        spread = f"{min(r['images_per_s_runs']):.0f}-{max(r['images_per_s_runs']):.0f}"
         lines.append(
-            f"{r['variant']:<44} {r['phase']:<7} {r['images_per_s']:>9.1f} {r['step_ms']:>8.1f} "
+            f"{r['variant']:<44} {r['phase']:<7} {r['images_per_s']:>9.1f} {spread:>11} {r['step_ms']:>8.1f} "
             f"{100 * r['data_wait_fraction']:>8.1f}% {saved:>9} {r['peak_rss_mb']:>11.0f} {cuda:>8} "
             f"{r['images_per_s'] / first[r['phase']]:>8.2f} {vs_reference:>6}"
         )
@@ -239,6 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"Comma-separated subset of {PHASES}.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per phase (at least 1).")
     parser.add_argument("--steps", type=int, default=10, help="Timed steps per phase.")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Measure every variant this many times, round robin; report the median."
+    )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Recipe config the variants start from.")
     parser.add_argument(
         "--dataset_name", default=DEFAULT_DATA, help="CIFAR parquet folder or Hub id (default: MISLAS_CIFAR10_DIR)."
@@ -254,27 +265,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         parser.error(f"unknown phase(s) {', '.join(unknown)}: use {', '.join(PHASES)}")
-    if options.warmup < 1 or options.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
+    if min(options.warmup, options.steps, options.repeats) < 1:
+        parser.error("--warmup, --steps and --repeats must be at least 1")
     try:
         flags = {variant: variant_flags(variant) for variant in variants}
     except ValueError as err:
         parser.error(str(err))
-    results = []
-    for variant in variants:
-        for phase in phases:
+    runs = {(variant, phase): [] for variant in variants for phase in phases}
+    for _ in range(options.repeats):  # round robin, so that a slow spell of the machine hits every variant alike
+        for variant, phase in runs:
             spec = {
                 "variant": variant, "phase": phase, "flags": flags[variant], "warmup": options.warmup,
                 "steps": options.steps, "config": options.config, "dataset_name": options.dataset_name,
             }
             started = time.perf_counter()
-            result = {"variant": variant, "phase": phase, **run_in_subprocess(spec)}
-            results.append(result)
+            runs[variant, phase].append(run_in_subprocess(spec))
             print(
-                f"{variant} / {phase}: {result['images_per_s']:.1f} images/s "
+                f"{variant} / {phase}: {runs[variant, phase][-1]['images_per_s']:.1f} images/s "
                 f"({time.perf_counter() - started:.0f} s with start-up)",
                 file=sys.stderr,
             )
+    results = []
+    for (variant, phase), measured in runs.items():
+        median = sorted(measured, key=lambda r: r["images_per_s"])[(len(measured) - 1) // 2]
+        all_runs = [round(r["images_per_s"], 1) for r in measured]
+        results.append({"variant": variant, "phase": phase, **median, "images_per_s_runs": all_runs})
     print(format_table(results))
     if options.json:
         report = {
