@@ -120,8 +120,11 @@ class MislasScaledShiftClassifier(nn.Module):
         self.retention_factor = retention_factor
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weight = self.retention_factor * self.weight + self.delta_weight
-        return self.scale * F.linear(features, weight, self.bias)
+        """Logits in float32, also under bf16/fp16 autocast: the losses and the calibration metrics (ECE, NLL) read
+        them, and the head is one `[K, M]` product, so full precision costs nothing measurable."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            weight = self.retention_factor * self.weight + self.delta_weight
+            return self.scale * F.linear(features.float(), weight, self.bias)
 
 
 # Parameters of the head that train in each mode (Sec. 3.2, Eq. 4).

@@ -235,7 +235,11 @@ def load_stage1_model(path: str, benchmark, counts: list[int]) -> MislasForImage
 
 def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_yaml: str | None, model_id: str) -> dict:
     """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card
-    (`model_id`: the Hub repo id its loading snippets use)."""
+    (`model_id`: the Hub repo id its loading snippets use).
+
+    The numbers are those of the float32 model, as `from_pretrained` and the pipeline give it to users, whatever
+    precision trained it: Accelerate's autocast wrapper is taken off the trained model first (training is over)."""
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     prediction = trainer.predict(test_dataset, metric_key_prefix="eval")
     metrics = prediction.metrics
     trainer.log_metrics("eval", metrics)
@@ -370,7 +374,7 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
         model.config.class_counts = counts
     if model.config.class_group_boundaries is None:
         model.config.class_group_boundaries = benchmark.class_group_boundaries
-    eval_args = dataclasses.replace(args, push_to_hub=False)
+    eval_args = dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False)  # float32, as report() says
     trainer = Trainer(
         model=model,
         args=eval_args,

@@ -27,6 +27,17 @@ STAGE2_LOSSES = ("las", "ce", "cb_ce")
 SMOOTHING_SHAPES = ("concave", "linear", "convex", "exp")
 
 
+def native_bf16_available(use_cpu: bool = False) -> bool:
+    """Whether bf16 autocast runs on bf16 hardware here, i.e. is faster than float32 rather than emulated: a CUDA GPU
+    with native bf16 (Ampere or newer), or, without an accelerator or with `use_cpu`, a CPU with AVX512-BF16 or AMX
+    (oneDNN then computes convolutions in bf16). Other accelerators: False (opt in with `bf16=True`)."""
+    if not use_cpu and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if not use_cpu and torch.accelerator.is_available():
+        return False
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 @dataclass
 class MislasTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the knobs of MiSLAS (defaults: CIFAR-10-LT, imbalance factor 100, Table 6).
@@ -86,6 +97,16 @@ class MislasTrainingArguments(TrainingArguments):
         },
     )
     # Trainer defaults that MiSLAS changes
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 autocast (Accelerate's mixed_precision='bf16'). Unset: on where the hardware computes in "
+            "bf16 natively (see native_bf16_available), off otherwise and when fp16 is set. The classifier's logits "
+            "stay float32 either way.",
+            "nargs": "?",  # a bare --bf16 means true, as for the Trainer's other flags
+            "const": True,
+        },
+    )
     learning_rate: float = field(default=0.1, metadata={"help": "Base LR of SGD (Table 6)."})
     weight_decay: float = field(default=2e-4, metadata={"help": "Weight decay (Table 6)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Stage-1 schedule when lr_decay_epochs is unset."})
@@ -102,6 +123,8 @@ class MislasTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and native_bf16_available(self.use_cpu)
         if self.bf16 and not torch.accelerator.is_available():
             # The Trainer allows bf16 autocast on a CPU only with use_cpu, which changes nothing else on a machine
             # without an accelerator.

@@ -18,8 +18,9 @@ Schedules (fixed so that runs can be compared):
 
 Writes OUTPUT_DIR/<row>/stage{1,2}/ (models, eval_results.json, diagrams, cards), OUTPUT_DIR/results.json,
 OUTPUT_DIR/results.md (the table, beside the paper's numbers) and OUTPUT_DIR/reliability_diagrams.png (CE,
-LWS + mixup, MiSLAS side by side, like the paper's Figures 1 and 4). Extra arguments go to every run (for example
-`--dataloader_num_workers 0`).
+LWS + mixup, MiSLAS side by side, like the paper's Figures 1 and 4; the rows that ran). `--rows` runs a subset,
+e.g. `--rows lws_mixup,mislas` (the stage-2 rows train the shared stage-1 model once). Extra arguments go to every
+run (for example `--dataloader_num_workers 0`).
 """
 
 import argparse
@@ -58,6 +59,7 @@ STAGE2_ROWS = {
     "mislas": ["--head_mode", "mislas", "--stage2_loss", "las", "--shift_bn", "true"],
     "crt_mixup": ["--head_mode", "crt", "--stage2_loss", "ce", "--shift_bn", "false"],
 }
+DIAGRAM_PANELS = [("ce", "stage1"), ("lws_mixup", "stage2"), ("mislas", "stage2")]
 LABELS = {
     "ce": "CE (one stage, no mixup)",
     "lws_mixup": "LWS + mixup",
@@ -103,8 +105,8 @@ def combined_diagram(output_dir: Path, data_flags: dict, path: Path) -> None:
     benchmark = load_benchmark("cifar10-lt", imbalance_factor=100, dataset_name=data_flags["dataset_name"])
     test = benchmark.splits["test"]
     test.set_transform(make_transform("cifar", train=False))
-    figure = Figure(figsize=(12, 4))
-    panels = [("ce", "stage1"), ("lws_mixup", "stage2"), ("mislas", "stage2")]
+    panels = [(row, stage) for row, stage in DIAGRAM_PANELS if (output_dir / row / stage).is_dir()]
+    figure = Figure(figsize=(4 * len(panels), 4))
     for index, (row, stage) in enumerate(panels):
         model = MislasForImageClassification.from_pretrained(output_dir / row / stage).eval()
         confidences, correct = [], []
@@ -116,7 +118,7 @@ def combined_diagram(output_dir: Path, data_flags: dict, path: Path) -> None:
                 confidences.append(confidence.numpy())
                 correct.append(predicted.numpy() == np.asarray(batch["labels"]))
         bins = calibration_bins(np.concatenate(confidences), np.concatenate(correct))
-        draw_reliability_diagram(figure.add_subplot(1, 3, index + 1), bins, title=LABELS[row])
+        draw_reliability_diagram(figure.add_subplot(1, len(panels), index + 1), bins, title=LABELS[row])
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -130,15 +132,25 @@ def main():
         default=os.environ.get("MISLAS_CIFAR10_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10")),
         help="CIFAR-10 parquet folder or Hub id (default: MISLAS_CIFAR10_DIR or ../shared/data/cifar10).",
     )
+    parser.add_argument(
+        "--rows", default=",".join(LABELS), help=f"Comma-separated rows to run, from {', '.join(LABELS)} (default: all)."
+    )
     args, extra = parser.parse_known_args()
+    selected = args.rows.split(",")
+    unknown = [row for row in selected if row not in LABELS]
+    if unknown:
+        parser.error(f"--rows: unknown row(s) {', '.join(unknown)}; choose from {', '.join(LABELS)}")
     output_dir = Path(args.output_dir)
     common = ["--config", str(CONFIG), "--dataset_name", args.dataset_name, *SCALES[args.scale], *extra]
     rows = {}
-    results, seconds = run([*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")])
-    rows["ce"] = (results["stage1"], seconds / 60)
+    if "ce" in selected:
+        results, seconds = run([*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")])
+        rows["ce"] = (results["stage1"], seconds / 60)
+    stage2_rows = {row: flags for row, flags in STAGE2_ROWS.items() if row in selected}
     stage1_dir = output_dir / "stage1_mixup"
-    results, stage1_seconds = run([*common, "--stage", "1", "--output_dir", str(stage1_dir)])
-    for row, flags in STAGE2_ROWS.items():
+    if stage2_rows:
+        results, stage1_seconds = run([*common, "--stage", "1", "--output_dir", str(stage1_dir)])
+    for row, flags in stage2_rows.items():
         stage2_flags = ["--stage", "2", "--model_name_or_path", str(stage1_dir / "stage1"), *flags]
         results, seconds = run([*common, *stage2_flags, "--output_dir", str(output_dir / row)])
         rows[row] = (results["stage2"], (stage1_seconds + seconds) / 60)

@@ -101,6 +101,21 @@ def test_head_modes_are_special_cases_of_eq4(head_mode, trainable, retention):
     assert model.config.head_mode == head_mode and model.config.stage == 2
 
 
+def test_logits_are_float32_under_bf16_autocast():
+    model = cifar_model().eval()
+    _random_head_state(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(torch.randn(4, 3, 32, 32), output_hidden_states=True)
+        features = torch.randn(5, 64).bfloat16()
+        logits = model.classifier(features)
+    assert outputs.hidden_states[-1].dtype == torch.bfloat16 and outputs.logits.dtype == torch.float32
+    head = model.classifier
+    weight = (head.weight + head.delta_weight).double()  # r = 1
+    expected = head.scale * (features.double() @ weight.T + head.bias.double())  # Eq. (4), float64
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits.double(), expected, atol=1e-5)  # a bf16 product is off by ~1e-2 here
+
+
 def test_stage2_starts_from_the_stage1_logits():
     model = cifar_model().eval()
     pixels = torch.randn(3, 3, 32, 32)

@@ -376,6 +376,23 @@ def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar1
     assert (tmp_path / "reliability_diagram.png").is_file() and (tmp_path / "README.md").is_file()
 
 
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(
+    torch.accelerator.is_available() or not Path("/proc/cpuinfo").is_file(), reason="reads a Linux CPU's flags"
+)
+def test_bf16_defaults_to_on_exactly_where_the_cpu_has_bf16_instructions(tmp_path):
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert MislasTrainingArguments(output_dir=str(tmp_path)).bf16 is native
+    assert MislasTrainingArguments(output_dir=str(tmp_path), bf16=False).bf16 is False
+    assert MislasTrainingArguments(output_dir=str(tmp_path), bf16=True).bf16 is True
+
+
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="checks bf16 on a machine without an accelerator")
 def test_bf16_on_a_cpu_autocasts_the_model_and_keeps_the_loss_in_float32(tmp_path):
     trainer = tiny_trainer(tmp_path, "2", bf16=True)  # the Trainer alone would ask for use_cpu
