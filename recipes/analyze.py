@@ -89,6 +89,39 @@ def fit_table(statistics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_weight_norms(models: dict, class_counts: list[int], path: Path) -> None:
+    order = np.argsort(class_counts)[::-1]
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot(1, 1, 1)
+    for label, model in models.items():
+        axis.plot(np.arange(len(order)), classifier_weight_norms(model)[order], marker="o", label=label)
+    axis.set_xlabel("Class index (sorted by training images, descending)")
+    axis.set_ylabel("Classifier weight norm")
+    counts_axis = axis.twinx()
+    counts_axis.bar(np.arange(len(order)), np.asarray(class_counts)[order], color="grey", alpha=0.25)
+    counts_axis.set_ylabel("Training images")
+    axis.legend(loc="upper center")
+    axis.set_title("Per-class classifier weight norms (paper Fig. 2)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_confidence_distributions(models: dict, test_dataset, groups: dict, path: Path) -> None:
+    figure = Figure(figsize=(7, 2.6 * len(models)))
+    for index, (label, model) in enumerate(models.items()):
+        confidences, labels = predicted_confidences(model, test_dataset)
+        data = [confidences[np.isin(labels, groups[name])] for name in ("many", "medium", "few") if groups[name]]
+        names = [name.capitalize() for name in ("many", "medium", "few") if groups[name]]
+        axis = figure.add_subplot(len(models), 1, index + 1)
+        axis.violinplot(data, orientation="horizontal", showmedians=True)
+        axis.set_yticks(np.arange(1, len(names) + 1), names)
+        axis.set_xlim(0, 1)
+        axis.set_title(f"{label}: predicted probability (paper Fig. 3)")
+    figure.axes[-1].set_xlabel("Predicted probability of the predicted class")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="Saved model folders or Hub ids.")
