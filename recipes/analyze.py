@@ -57,7 +57,7 @@ def fit_statistics(models: dict, splits: dict) -> dict:
     training images far better than the test images comes out over-confident on the test set."""
     statistics = {}
     for label, model in models.items():
-        row = {"mean_scale": float(model.classifier.scale.mean())}
+        row = {"mean_scale": model.classifier.scale.mean().item()}
         for split_name, dataset in splits.items():
             logits, labels = predict_logits(model, dataset)
             metrics = calibration_metrics(logits, labels)
