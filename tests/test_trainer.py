@@ -42,7 +42,8 @@ def quick_run_flags(cifar10_dir, output_dir, *extra):
 def both_stages(cifar10_dir, tmp_path_factory):
     """One real two-stage run (a few steps per stage) shared by the end-to-end checks."""
     output_dir = tmp_path_factory.mktemp("run")
-    model_args, data_args, training_args, config_text = parse_arguments(quick_run_flags(cifar10_dir, output_dir))
+    flags = quick_run_flags(cifar10_dir, output_dir, "--shift_bn", "true")  # the full method (CIFAR-10 configs: off)
+    model_args, data_args, training_args, config_text = parse_arguments(flags)
     results = train(model_args, data_args, training_args, config_yaml=config_text)
     return output_dir, results
 
