@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from mislas_hf import MislasForImageClassification
-from mislas_hf.calibration import calibration_metrics, class_groups
+from mislas_hf.calibration import calibration_metrics, class_groups, confidence_and_correctness
 from mislas_hf.data import load_benchmark, make_transform
 
 
@@ -45,7 +45,8 @@ def predict_logits(model, dataset, batch_size: int = 500) -> tuple[np.ndarray, n
 def predicted_confidences(model, test_dataset) -> tuple[np.ndarray, np.ndarray]:
     """Probability of the predicted class and the true label of every test image."""
     logits, labels = predict_logits(model, test_dataset)
-    return torch.from_numpy(logits).double().softmax(-1).max(-1).values.numpy(), labels
+    confidences, _ = confidence_and_correctness(torch.from_numpy(logits).double().softmax(-1), labels)
+    return confidences, labels
 
 
 def fit_statistics(models: dict, splits: dict) -> dict:
@@ -61,13 +62,12 @@ def fit_statistics(models: dict, splits: dict) -> dict:
         for split_name, dataset in splits.items():
             logits, labels = predict_logits(model, dataset)
             metrics = calibration_metrics(logits, labels)
-            confidence, predicted = torch.from_numpy(logits).double().softmax(-1).max(-1)
-            correct = predicted.numpy() == labels
+            confidence, correct = confidence_and_correctness(torch.from_numpy(logits).double().softmax(-1), labels)
             classes = np.unique(labels)
             row[split_name] = {key: metrics[key] for key in ("accuracy", "ece", "nll")} | {
-                "confidence": confidence.mean().item(),
+                "confidence": float(confidence.mean()),
                 "balanced_accuracy": float(np.mean([correct[labels == k].mean() for k in classes])),
-                "balanced_confidence": float(np.mean([confidence.numpy()[labels == k].mean() for k in classes])),
+                "balanced_confidence": float(np.mean([confidence[labels == k].mean() for k in classes])),
             }
         statistics[label] = row
     return statistics
