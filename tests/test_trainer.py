@@ -371,8 +371,11 @@ def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar1
         "--max_eval_samples", "200", "--seed", "0", "--output_dir", str(tmp_path), "--report_to", "none",
         "--per_device_eval_batch_size", "100",
     ])
+    # The training run evaluates its channels-last model, evaluate.py a freshly loaded NCHW one: the convolutions
+    # take other kernels and float32 sums differ in the last bits (1.4e-6 on this barely trained model's NLL of
+    # ~128 on an AVX2 CPU), hence a relative tolerance too.
     for key in ("eval_accuracy", "eval_many_accuracy", "eval_ece", "eval_mce", "eval_nll"):
-        assert metrics[key] == pytest.approx(results["stage2"][key], abs=1e-6), key
+        assert metrics[key] == pytest.approx(results["stage2"][key], rel=1e-6, abs=1e-6), key
     assert json.loads((tmp_path / "eval_results.json").read_text())["eval_ece"] == pytest.approx(metrics["eval_ece"])
     assert (tmp_path / "reliability_diagram.png").is_file() and (tmp_path / "README.md").is_file()
 

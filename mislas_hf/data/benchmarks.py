@@ -1,16 +1,12 @@
-"""Long-tailed benchmarks of MiSLAS (Zhong et al., CVPR 2021) as `datasets.Dataset` objects.
+"""The long-tailed benchmarks of MiSLAS (Zhong et al., CVPR 2021) as `datasets.Dataset` objects.
 
 * CIFAR-10-LT / CIFAR-100-LT: the balanced CIFAR training set cut to an exponential (or step) profile exactly as the
   reference implementation does (dvlab-research/MiSLAS `datasets/cifar10.py`, itself LDAM-DRW's `IMBALANCECIFAR10`);
   the test set stays balanced.
 * ImageNet-LT, Places-LT, iNaturalist 2018: the official split lists (`relative/path.jpg label` per line), with class
   ids remapped so that class 0 has the most training images (reference `datasets/imagenet.py`, `LT_Dataset`).
-* The reference's image transforms per family ("cifar", "imagenet"), built on kornia and applied lazily with
-  `Dataset.set_transform`, and the matching transformers image processor for inference.
-* For CIFAR, a faster path: images decoded once into memory (`decode_cifar_images`) and whole batches cropped,
-  flipped and normalised on their device (`augment_cifar_batch`), with the same augmentation distribution.
 
-`load_benchmark` ties these together by benchmark name. This module does not import the model or the trainer.
+`load_benchmark` ties these together by benchmark name.
 """
 
 from __future__ import annotations
@@ -22,73 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import kornia.augmentation as K
 import numpy as np
-import torch
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-"""Per-channel mean the reference normalises CIFAR images with (`datasets/cifar10.py`, `cifar100.py`)."""
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-"""Per-channel standard deviation the reference normalises CIFAR images with."""
+from .labels import class_counts, dataset_labels, label_feature
 
 PROFILES = ("exp", "step")
 """Long-tailed profiles of `long_tailed_class_counts` (those of LDAM-DRW / the reference)."""
-FAMILIES = ("cifar", "imagenet")
-"""Transform families of `make_transform` and `make_image_processor`."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Labels and class counts
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _label_feature(dataset: datasets.Dataset, label_column: str):
-    """The feature of `label_column`, checked to be a `ClassLabel` or an integer `Value`."""
-    if label_column not in dataset.column_names:
-        raise ValueError(
-            f"label column '{label_column}' not found; the dataset has columns {dataset.column_names}: "
-            f"pass label_column=<the column holding the integer class ids>"
-        )
-    feature = dataset.features[label_column]
-    is_integer = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
-    if not (isinstance(feature, datasets.ClassLabel) or is_integer):
-        raise ValueError(
-            f"label column '{label_column}' has feature {feature}; it must be a datasets.ClassLabel or an integer "
-            f"Value (cast it with dataset.cast_column('{label_column}', datasets.ClassLabel(names=...)))"
-        )
-    return feature
-
-
-def dataset_labels(dataset: datasets.Dataset, label_column: str = "label") -> list[int]:
-    """The labels of `dataset` in row order, read from the Arrow column (no image is decoded).
-
-    Works on a dataset with `set_transform` applied: `with_format("arrow", columns=[label_column])` returns a new
-    view whose formatting replaces the transform, so the transform is neither called nor removed from `dataset`;
-    the view honours the indices mapping left by `select`/`shuffle`.
-    """
-    _label_feature(dataset, label_column)
-    return dataset.with_format("arrow", columns=[label_column])[label_column].to_pylist()
-
-
-def class_counts(dataset: datasets.Dataset, label_column: str = "label", num_classes: int | None = None) -> list[int]:
-    """Number of rows of each class of `dataset` (index = class id), read without decoding any image.
-
-    `num_classes` defaults to the `ClassLabel`'s number of names, or to the largest label + 1 for an integer column.
-    Like `dataset_labels`, this works on a dataset with `set_transform` applied.
-    """
-    feature = _label_feature(dataset, label_column)
-    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
-    if num_classes is None:
-        is_class_label = isinstance(feature, datasets.ClassLabel)
-        num_classes = feature.num_classes if is_class_label else int(labels.max(initial=-1)) + 1
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"label column '{label_column}' holds ids in [{labels.min()}, {labels.max()}], outside "
-            f"[0, {num_classes}) for num_classes={num_classes}: pass the right num_classes"
-        )
-    return np.bincount(labels, minlength=num_classes).tolist()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -138,7 +73,7 @@ def make_long_tailed(
     The result is ordered class by class (`dataset.select`, no copy of the data): CIFAR-10 with factor 100 keeps
     12,406 images (5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50).
     """
-    feature = _label_feature(dataset, label_column)
+    feature = label_feature(dataset, label_column)
     labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
     num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else len(np.unique(labels))
     targets = long_tailed_class_counts(len(dataset) / num_classes, num_classes, imbalance_factor, profile)
@@ -155,32 +90,6 @@ def make_long_tailed(
         rng.shuffle(idx)
         keep.append(idx[:target])
     return dataset.select(np.concatenate(keep))
-
-
-def subset(dataset: datasets.Dataset, max_samples: int, seed: int = 0, label_column: str = "label") -> datasets.Dataset:
-    """A deterministic, class-proportional subset of about `max_samples` rows (for `--max_train_samples`).
-
-    Applied after the long-tailed cut, it keeps the profile: class c keeps `max(1, int(n_c * max_samples / N))` of
-    its `n_c` rows (N = len(dataset)), drawn with `np.random.RandomState(seed)`, so the total is at most
-    `max_samples` plus the number of classes lifted to 1, and never more than `n_c` per class. Rows keep their order.
-    Returns `dataset` itself when `max_samples >= len(dataset)`.
-    """
-    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
-    num_present = len(np.unique(labels))
-    if max_samples < num_present:
-        raise ValueError(
-            f"max_samples={max_samples} is below the {num_present} classes present: a subset keeps at least one "
-            f"image per class, so pass max_samples >= {num_present}"
-        )
-    if max_samples >= len(dataset):
-        return dataset
-    rng = np.random.RandomState(seed)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.where(labels == c)[0]
-        quota = max(1, int(len(idx) * max_samples / len(dataset)))
-        keep.append(rng.permutation(idx)[:quota])
-    return dataset.select(np.sort(np.concatenate(keep)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -353,239 +262,6 @@ def load_list_file_dataset(
         labels = class_map[np.asarray(ids)].tolist()
         splits[split] = datasets.Dataset.from_dict({"image": image_paths, "label": labels}, features=features)
     return datasets.DatasetDict(splits)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Transforms (training / evaluation) and the inference image processor
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _to_float_tensor(image) -> torch.Tensor:
-    """A PIL image (any mode) as an RGB float32 CHW tensor in [0, 1], via a uint8 numpy array."""
-    array = np.array(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-
-
-class BatchImageTransform:
-    """Callable for `Dataset.set_transform`: a batch dict -> `{"pixel_values": [CHW float32], "labels": [int]}`.
-
-    `per_image` (optional) maps one `(1, C, H, W)` image to a fixed size (for images of different sizes);
-    `batch_ops` then runs on the stacked batch. Both are kornia modules drawing their randomness from torch's global
-    RNG, per sample (DataLoader workers seed it). Build it with `make_transform`.
-    """
-
-    def __init__(
-        self,
-        per_image: torch.nn.Module | None,
-        batch_ops: torch.nn.Module,
-        image_column: str = "image",
-        label_column: str = "label",
-    ):
-        self.per_image = per_image
-        self.batch_ops = batch_ops
-        self.image_column = image_column
-        self.label_column = label_column
-
-    def __call__(self, batch: dict) -> dict:
-        """Transform one batch (columns as lists) of a `datasets.Dataset`."""
-        for column in (self.image_column, self.label_column):
-            if column not in batch:
-                raise ValueError(
-                    f"column '{column}' not in the batch (columns {list(batch)}): pass the dataset's column names "
-                    f"as image_column/label_column of make_transform"
-                )
-        images = [_to_float_tensor(image) for image in batch[self.image_column]]
-        if self.per_image is not None:
-            images = [self.per_image(image[None])[0] for image in images]
-        sizes = {tuple(image.shape[1:]) for image in images}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"images of sizes {sorted(sizes)} in one batch: the 'cifar' transform expects equal-sized (32x32) "
-                f"images; use family 'imagenet' for images of varying size"
-            )
-        with torch.no_grad():
-            pixel_values = self.batch_ops(torch.stack(images))
-        return {
-            "pixel_values": list(pixel_values.unbind(0)),
-            "labels": [int(label) for label in batch[self.label_column]],
-        }
-
-
-def make_transform(
-    family: str, train: bool, image_column: str = "image", label_column: str = "label"
-) -> BatchImageTransform:
-    """The reference's image transform of `family` ("cifar" or "imagenet"), for `Dataset.set_transform`.
-
-    cifar (reference `datasets/cifar10.py`): train = RandomCrop 32 with 4-pixel zero padding, horizontal flip
-    (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only.
-    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): train =
-    RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, ColorJitter(0.4, 0.4, 0.4, hue 0),
-    normalise with the ImageNet mean/std; eval = resize the shorter side to 256 (antialiased bilinear, as PIL does),
-    centre crop 224, normalise. kornia's RandomResizedCrop does not antialias. Note that the reference normalises
-    iNaturalist 2018 with its own statistics (mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192)).
-    Images of any PIL mode are converted to RGB.
-    """
-    if family == "cifar":
-        normalize = K.Normalize(torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD))
-        per_image = None
-        if train:
-            batch_ops = torch.nn.Sequential(
-                K.RandomCrop((32, 32), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
-            )
-        else:
-            batch_ops = torch.nn.Sequential(normalize)
-    elif family == "imagenet":
-        normalize = K.Normalize(torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD))
-        if train:
-            per_image = K.RandomResizedCrop((224, 224), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), align_corners=False)
-            batch_ops = torch.nn.Sequential(
-                K.RandomHorizontalFlip(p=0.5),
-                K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
-                normalize,
-            )
-        else:
-            per_image = torch.nn.Sequential(
-                K.Resize(256, side="short", antialias=True, align_corners=False), K.CenterCrop(224)
-            )
-            batch_ops = torch.nn.Sequential(normalize)
-    else:
-        raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
-    return BatchImageTransform(per_image, batch_ops, image_column, label_column)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# In-memory CIFAR: images decoded once, whole batches cropped, flipped and normalised on their device
-# --------------------------------------------------------------------------------------------------------------------
-
-CIFAR_IMAGE_SHAPE = (3, 32, 32)
-"""Shape (C, H, W) of the images that `decode_cifar_images` stores."""
-CIFAR_CROP_PADDING = 4
-"""Zero padding of the reference's `RandomCrop(32, padding=4)`."""
-
-
-def _decode_cifar_batch(images: list) -> dict:
-    """`Dataset.map` function of `decode_cifar_images`: PIL images -> raw CHW uint8 bytes."""
-    arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
-    sizes = {array.shape[:2] for array in arrays} - {CIFAR_IMAGE_SHAPE[1:]}
-    if sizes:
-        raise ValueError(
-            f"decode_cifar_images expects 32x32 images (the cifar family) but found sizes {sorted(sizes)}: use the "
-            f"per-sample make_transform for other images"
-        )
-    return {"pixels": [array.transpose(2, 0, 1).tobytes() for array in arrays]}
-
-
-def decode_cifar_images(dataset: datasets.Dataset, image_column: str = "image") -> datasets.Dataset:
-    """Decode every image of a CIFAR split once, into a `pixels` column of raw uint8 bytes (3 x 32 x 32, CHW order).
-
-    `image_column` is replaced; the other columns are kept, so `dataset_labels`, `class_counts` and the class-aware
-    sampler read the labels as before. About 3 KB per image (37 MB for CIFAR-10-LT plus its test set); `datasets`
-    caches the result next to the source files, so later runs skip the decoding. Pair it with
-    `InMemoryCifarTransform`. Raises `ValueError` for images that are not 32x32.
-    """
-    if image_column not in dataset.column_names:
-        raise ValueError(
-            f"image column '{image_column}' not found; the dataset has columns {dataset.column_names}: pass "
-            f"image_column=<the column holding the images>"
-        )
-    features = {name: feature for name, feature in dataset.features.items() if name != image_column}
-    return dataset.map(
-        _decode_cifar_batch,
-        batched=True,
-        input_columns=image_column,
-        remove_columns=image_column,
-        features=datasets.Features({**features, "pixels": datasets.Value("binary")}),
-        desc="Decoding images once",
-    )
-
-
-def augment_cifar_batch(images: torch.Tensor, train: bool = True) -> torch.Tensor:
-    """`make_transform("cifar", train)` on a whole uint8 batch `[B, 3, H, W]`, on the batch's device (CPU or GPU).
-
-    train: each image gets its own crop offset, drawn uniformly from the 9 x 9 positions of an H x W window in the
-    image zero-padded by 4 pixels (`RandomCrop(32, padding=4)`), and its own horizontal flip with probability 0.5
-    (`RandomHorizontalFlip`), from the device's torch RNG. Then, as in evaluation, the pixels are scaled to [0, 1] and
-    normalised with `CIFAR_MEAN`/`CIFAR_STD` by the same float32 operations as the per-sample transform.
-    Returns a float32 `[B, 3, H, W]` tensor.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(
-            f"augment_cifar_batch takes a uint8 [B, C, H, W] batch, got {images.dtype} of shape {tuple(images.shape)}"
-        )
-    device = images.device
-    if train:
-        batch, channels, height, width = images.shape
-        pad = CIFAR_CROP_PADDING
-        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        rows = torch.randint(0, 2 * pad + 1, (batch, 1), device=device) + torch.arange(height, device=device)
-        cols = torch.randint(0, 2 * pad + 1, (batch, 1), device=device) + torch.arange(width, device=device)
-        flip = torch.rand(batch, 1, device=device) < 0.5
-        cols = torch.where(flip, cols.flip(1), cols)
-        images = padded.gather(2, rows[:, None, :, None].expand(batch, channels, height, width + 2 * pad))
-        images = images.gather(3, cols[:, None, None, :].expand(batch, channels, height, width))
-    mean = torch.tensor(CIFAR_MEAN, device=device)[:, None, None]
-    std = torch.tensor(CIFAR_STD, device=device)[:, None, None]
-    return (images.float().div_(255.0) - mean) / std
-
-
-class InMemoryCifarTransform:
-    """Callable for `Dataset.set_transform` on a `decode_cifar_images` split: a batch ->
-    `{"pixel_values": [...], "labels": [int]}` without decoding any image.
-
-    train=True: the raw uint8 `(3, 32, 32)` images; the trainer crops, flips and normalises the whole collated batch
-    on its device (`MislasTrainer(batch_augmentation=augment_cifar_batch)`). train=False: normalised float32 images,
-    equal to `make_transform("cifar", train=False)`, so any `Trainer` or model can consume them.
-    """
-
-    def __init__(self, train: bool, label_column: str = "label"):
-        self.train = train
-        self.label_column = label_column
-
-    def __call__(self, batch: dict) -> dict:
-        """Transform one batch (columns as lists) of a decoded `datasets.Dataset`."""
-        for column in ("pixels", self.label_column):
-            if column not in batch:
-                raise ValueError(
-                    f"column '{column}' not in the batch (columns {list(batch)}): InMemoryCifarTransform reads "
-                    f"splits made by decode_cifar_images"
-                )
-        raw = bytearray(b"".join(batch["pixels"]))
-        images = torch.frombuffer(raw, dtype=torch.uint8).view(-1, *CIFAR_IMAGE_SHAPE)
-        pixel_values = images if self.train else augment_cifar_batch(images, train=False)
-        return {
-            "pixel_values": list(pixel_values.unbind(0)),
-            "labels": [int(label) for label in batch[self.label_column]],
-        }
-
-
-def make_image_processor(family: str) -> ConvNextImageProcessorPil:
-    """The transformers image processor that reproduces `make_transform(family, train=False)` for inference.
-
-    imagenet: `ConvNextImageProcessor` with `shortest_edge=224, crop_pct=224/256`, i.e. resize the shorter side to
-    256 (bilinear) and centre crop 224, ImageNet mean/std (the layout of microsoft/resnet-50's processor, which
-    uses bicubic; bilinear matches the reference's `transforms.Resize`).
-    cifar: the same class with `shortest_edge=32, crop_pct=1`: an identity on 32x32 CIFAR images (only rescale by
-    1/255 and normalise with `CIFAR_MEAN`/`CIFAR_STD`), while any other image is brought to 32x32 instead of being
-    fed at full size.
-    The PIL backend needs no torchvision; a saved processor reloads with `AutoImageProcessor.from_pretrained`
-    (which picks the torchvision backend where torchvision is installed).
-    """
-    if family == "cifar":
-        size, crop_pct, mean, std = 32, 1.0, CIFAR_MEAN, CIFAR_STD
-    elif family == "imagenet":
-        size, crop_pct, mean, std = 224, 224 / 256, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    else:
-        raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
-    return ConvNextImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_pct=crop_pct,
-        resample=PILImageResampling.BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""Long-tailed data for MiSLAS as `datasets.Dataset` objects.
+
+* `benchmarks`: the paper's benchmarks by name (CIFAR-LT cut, ImageNet-LT / Places-LT / iNaturalist split lists).
+* `labels`: labels and class counts read without decoding images; class-proportional subsets.
+* `transforms`: training / evaluation transforms per family, the in-memory CIFAR path.
+* `image_processing`: normalisation statistics and the image processor saved with a model.
+
+This package does not import the model or the trainer.
+"""
+
+from .benchmarks import (
+    BENCHMARKS,
+    PROFILES,
+    BenchmarkSpec,
+    LongTailedBenchmark,
+    class_order_by_count,
+    load_benchmark,
+    load_list_file_dataset,
+    long_tailed_class_counts,
+    make_long_tailed,
+    read_list_file,
+    reference_class_order,
+)
+from .image_processing import CIFAR_MEAN, CIFAR_STD, FAMILIES, make_image_processor
+from .labels import class_counts, dataset_labels, label_feature, subset
+from .transforms import (
+    CIFAR_CROP_PADDING,
+    CIFAR_IMAGE_SHAPE,
+    BatchImageTransform,
+    InMemoryCifarTransform,
+    augment_cifar_batch,
+    decode_cifar_images,
+    make_transform,
+)
+
+__all__ = [
+    "BENCHMARKS",
+    "CIFAR_CROP_PADDING",
+    "CIFAR_IMAGE_SHAPE",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "FAMILIES",
+    "PROFILES",
+    "BatchImageTransform",
+    "BenchmarkSpec",
+    "InMemoryCifarTransform",
+    "LongTailedBenchmark",
+    "augment_cifar_batch",
+    "class_counts",
+    "class_order_by_count",
+    "dataset_labels",
+    "decode_cifar_images",
+    "label_feature",
+    "load_benchmark",
+    "load_list_file_dataset",
+    "long_tailed_class_counts",
+    "make_image_processor",
+    "make_long_tailed",
+    "make_transform",
+    "read_list_file",
+    "reference_class_order",
+    "subset",
+]
