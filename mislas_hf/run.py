@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 from transformers import HfArgumentParser, Trainer, set_seed
+from transformers.utils import logging
 from transformers.trainer_utils import get_last_checkpoint
 
 from .calibration import compute_metrics, reliability_diagram
@@ -29,6 +30,7 @@ from .data import (
     decode_cifar_images,
     load_benchmark,
     make_image_processor,
+    stratified_holdout,
     make_transform,
     subset,
 )
@@ -37,6 +39,7 @@ from .modeling_mislas import MislasForImageClassification
 from .trainer import MislasTrainer, MislasTrainingArguments
 
 DIAGRAM_FILENAME = "reliability_diagram.png"
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -166,12 +169,15 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
     train, test = benchmark.splits["train"], benchmark.splits["test"]
     validation = None
     if data_args.validation_split_percentage:
-        held_out = train.train_test_split(
-            test_size=data_args.validation_split_percentage / 100,
-            stratify_by_column="label",
-            seed=training_args.seed,
+        train, validation, kept_whole = stratified_holdout(
+            train, data_args.validation_split_percentage / 100, seed=training_args.seed
         )
-        train, validation = held_out["train"], held_out["test"]
+        if kept_whole:
+            logger.warning(
+                f"classes {kept_whole} are too small to give images to the validation split "
+                f"({data_args.validation_split_percentage}% rounds to 0 or would leave none for training): "
+                "they stay whole in the training set"
+            )
     if data_args.max_train_samples is not None:
         train = subset(train, data_args.max_train_samples, seed=training_args.seed)
     if data_args.max_eval_samples is not None:

@@ -25,6 +25,7 @@ from mislas_hf.data import (
     make_image_processor,
     make_long_tailed,
     make_transform,
+    stratified_holdout,
     subset,
 )
 
@@ -187,6 +188,33 @@ def test_subset_is_deterministic_proportional_and_keeps_every_class():
     assert subset(ds, 20000) is ds
     with pytest.raises(ValueError, match="max_samples=5"):
         subset(ds, 5)
+
+
+
+def test_stratified_holdout_takes_the_rounded_share_of_each_class_and_keeps_one_image():
+    counts = [50, 9, 5, 2, 1]  # 10%: 5, 1 (0.9 rounds up), 1 (0.5 rounds up), 0 (0.2), 0 (single image)
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    ds = labels_dataset(labels).add_column("row", list(range(len(labels))))
+    train, held_out, kept_whole = stratified_holdout(ds, 0.1, seed=3)
+    assert class_counts(held_out, num_classes=5) == [5, 1, 1, 0, 0]
+    assert class_counts(train, num_classes=5) == [45, 8, 4, 2, 1]
+    assert kept_whole == [3, 4]
+    train_rows, held_rows = dataset_labels(train, "row"), dataset_labels(held_out, "row")
+    assert sorted(train_rows + held_rows) == list(range(len(labels))) and train_rows == sorted(train_rows)
+    # Independently: one RandomState(3) permutation per class, in class order, skipping classes that give nothing.
+    rng = np.random.RandomState(3)
+    expected = []
+    for c, quota in enumerate([5, 1, 1]):
+        rows = [r for r, label in enumerate(labels) if label == c]
+        expected += list(np.asarray(rows)[rng.permutation(len(rows))][:quota])
+    assert held_rows == sorted(int(r) for r in expected)
+    assert dataset_labels(stratified_holdout(ds, 0.1, seed=3)[1], "row") == held_rows
+    assert dataset_labels(stratified_holdout(ds, 0.1, seed=4)[1], "row") != held_rows
+    # At 90% every class but the single-image one keeps exactly one training image.
+    train, _, kept_whole = stratified_holdout(ds, 0.9, seed=0)
+    assert class_counts(train, num_classes=5) == [5, 1, 1, 1, 1] and kept_whole == [4]
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        stratified_holdout(ds, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------- split lists

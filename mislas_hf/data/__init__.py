@@ -22,7 +22,7 @@ from .benchmarks import (
     reference_class_order,
 )
 from .image_processing import CIFAR_MEAN, CIFAR_STD, FAMILIES, make_image_processor
-from .labels import class_counts, dataset_labels, label_feature, subset
+from .labels import class_counts, dataset_labels, label_feature, stratified_holdout, subset
 from .transforms import (
     CIFAR_CROP_PADDING,
     CIFAR_IMAGE_SHAPE,
@@ -59,5 +59,6 @@ __all__ = [
     "make_transform",
     "read_list_file",
     "reference_class_order",
+    "stratified_holdout",
     "subset",
 ]

@@ -1,7 +1,9 @@
 """Reading labels and class counts of a `datasets.Dataset` without decoding any image, and class-proportional
-subsets (`--max_train_samples`)."""
+subsets (`--max_train_samples`) and per-class held-out splits."""
 
 from __future__ import annotations
+
+import math
 
 import datasets
 import numpy as np
@@ -78,3 +80,32 @@ def subset(dataset: datasets.Dataset, max_samples: int, seed: int = 0, label_col
         quota = max(1, int(len(idx) * max_samples / len(dataset)))
         keep.append(rng.permutation(idx)[:quota])
     return dataset.select(np.sort(np.concatenate(keep)))
+
+
+def stratified_holdout(
+    dataset: datasets.Dataset, fraction: float, seed: int = 0, label_column: str = "label"
+) -> tuple[datasets.Dataset, datasets.Dataset, list[int]]:
+    """Hold out `fraction` of every class of `dataset`, keeping at least one training image per class.
+
+    Class c with n_c rows gives `min(floor(fraction * n_c + 1/2), n_c - 1)` rows to the held-out split, drawn with a
+    private `np.random.RandomState(seed)` (one permutation per class, classes in ascending id order), so the same
+    dataset, fraction and seed always hold out the same rows. A class with a single row stays whole in training,
+    and so does any class whose share rounds to 0; the third value lists those class ids so that the caller can say
+    so. Both splits keep the rows' original order (`dataset.select` on sorted indices, no copy of the data).
+    Used for `--validation_split_percentage` (temperature fitting, best-epoch selection) and `--train_val_split`.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}: e.g. 0.1 holds out 10% per class")
+    labels = np.asarray(dataset_labels(dataset, label_column), dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    held_out, kept_whole = [], []
+    for c in np.unique(labels):
+        idx = np.where(labels == c)[0]
+        quota = min(math.floor(fraction * len(idx) + 0.5), len(idx) - 1)
+        if quota == 0:
+            kept_whole.append(int(c))
+            continue
+        held_out.append(rng.permutation(idx)[:quota])
+    held_out = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, dtype=np.int64)
+    training = np.setdiff1d(np.arange(len(dataset)), held_out)
+    return dataset.select(training), dataset.select(held_out), kept_whole
