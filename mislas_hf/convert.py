@@ -433,7 +433,8 @@ def convert(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)
-        make_image_processor(model.config.family).save_pretrained(staging)
+        spec = BENCHMARKS[dataset]
+        make_image_processor(model.config.family, mean=spec.mean, std=spec.std).save_pretrained(staging)
         write_model_card(staging, **card_arguments)
         _check_output_dir(output_dir)
         if output_dir.exists():

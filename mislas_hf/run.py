@@ -189,8 +189,9 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
             validation = decode_cifar_images(validation) if validation is not None else None
         train_transform, eval_transform = InMemoryCifarTransform(train=True), InMemoryCifarTransform(train=False)
     else:
-        train_transform = make_transform(benchmark.family, train=True)
-        eval_transform = make_transform(benchmark.family, train=False)
+        normalization = dict(mean=benchmark.mean, std=benchmark.std)
+        train_transform = make_transform(benchmark.family, train=True, **normalization)
+        eval_transform = make_transform(benchmark.family, train=False, **normalization)
     train.set_transform(train_transform)
     test.set_transform(eval_transform)
     if validation is not None:
@@ -329,7 +330,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
         raise ValueError("--stage 2 needs --model_name_or_path: the stage-1 model (folder or Hub id) to start from.")
     set_seed(args.seed)
     benchmark, counts, train_set, validation, test = load_splits(data_args, args)
-    image_processor = make_image_processor(benchmark.family)
+    image_processor = make_image_processor(benchmark.family, mean=benchmark.mean, std=benchmark.std)
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     results = {}
     stage2_start = os.path.join(args.output_dir, "stage1") if args.stage == "both" else model_args.model_name_or_path
@@ -389,7 +390,7 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
     metrics = report(trainer, test, args.output_dir, benchmark, None, model_id=args.hub_model_id or model_path)
     if args.push_to_hub and args.process_index == 0:
         model.save_pretrained(args.output_dir)
-        make_image_processor(benchmark.family).save_pretrained(args.output_dir)
+        make_image_processor(benchmark.family, mean=benchmark.mean, std=benchmark.std).save_pretrained(args.output_dir)
         push_model_folder(
             args.output_dir,
             repo_id=args.hub_model_id,

@@ -21,7 +21,18 @@ from .benchmarks import (
     read_list_file,
     reference_class_order,
 )
-from .image_processing import CIFAR_MEAN, CIFAR_STD, FAMILIES, make_image_processor
+from .image_processing import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_NORMALIZATION,
+    FAMILIES,
+    INATURALIST_MEAN,
+    INATURALIST_STD,
+    RESIZE_RATIO,
+    make_image_processor,
+    preprocessing_of,
+)
 from .labels import class_counts, dataset_labels, label_feature, stratified_holdout, subset
 from .transforms import (
     CIFAR_CROP_PADDING,
@@ -39,7 +50,12 @@ __all__ = [
     "CIFAR_IMAGE_SHAPE",
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_NORMALIZATION",
     "FAMILIES",
+    "INATURALIST_MEAN",
+    "INATURALIST_STD",
+    "RESIZE_RATIO",
     "PROFILES",
     "BatchImageTransform",
     "BenchmarkSpec",
@@ -57,6 +73,7 @@ __all__ = [
     "make_image_processor",
     "make_long_tailed",
     "make_transform",
+    "preprocessing_of",
     "read_list_file",
     "reference_class_order",
     "stratified_holdout",

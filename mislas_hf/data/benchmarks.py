@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .image_processing import INATURALIST_MEAN, INATURALIST_STD
 from .labels import class_counts, dataset_labels, label_feature
 
 PROFILES = ("exp", "step")
@@ -281,6 +282,8 @@ class BenchmarkSpec:
     test_list: str | None = None
     num_classes: int = 0
     class_group_boundaries: tuple[int, int] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 # `class_group_boundaries` (a, b): Many = classes [0, a), Medium = [a, b), Few = [b, K), the `head/med/tail_class_idx`
@@ -306,7 +309,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     ),
     "inat2018": BenchmarkSpec(
         "imagenet", train_list="iNaturalist18_train.txt", test_list="iNaturalist18_val.txt", num_classes=8142,
-        class_group_boundaries=(842, 4543),
+        class_group_boundaries=(842, 4543), mean=INATURALIST_MEAN, std=INATURALIST_STD,
     ),
 }
 """The benchmarks of the paper (Sec. 4.1): CIFAR from the Hub (or a local parquet copy), the others from split lists."""
@@ -319,6 +322,7 @@ class LongTailedBenchmark:
     `splits`: `DatasetDict` with `train` (long-tailed) and `test`, columns `image` and `label`. `class_counts`:
     training images per class. `class_group_boundaries`: `(a, b)`, the reference's Many = [0, a), Medium = [a, b),
     Few = [b, K) class-index split (see `BENCHMARKS`). `imbalance_factor` is None for list-file benchmarks.
+    `mean`/`std`: the normalisation the reference uses when it is not the family's default (iNaturalist 2018).
     """
 
     name: str
@@ -328,6 +332,8 @@ class LongTailedBenchmark:
     class_names: list[str]
     class_group_boundaries: tuple[int, int] | None
     imbalance_factor: float | None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 def _canonical_columns(split: datasets.Dataset, spec: BenchmarkSpec, source: str) -> datasets.Dataset:
@@ -430,4 +436,6 @@ def load_benchmark(
         class_names=class_names,
         class_group_boundaries=spec.class_group_boundaries,
         imbalance_factor=factor,
+        mean=spec.mean,
+        std=spec.std,
     )

@@ -5,13 +5,14 @@ distribution."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import kornia.augmentation as K
 import numpy as np
 import torch
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .image_processing import CIFAR_MEAN, CIFAR_STD, FAMILIES
+from .image_processing import CIFAR_MEAN, CIFAR_STD, RESIZE_RATIO, preprocessing_of
 
 # --------------------------------------------------------------------------------------------------------------------
 # Transforms (training / evaluation)
@@ -70,44 +71,48 @@ class BatchImageTransform:
 
 
 def make_transform(
-    family: str, train: bool, image_column: str = "image", label_column: str = "label"
+    family: str,
+    train: bool,
+    image_column: str = "image",
+    label_column: str = "label",
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> BatchImageTransform:
     """The reference's image transform of `family` ("cifar" or "imagenet"), for `Dataset.set_transform`.
 
-    cifar (reference `datasets/cifar10.py`): train = RandomCrop 32 with 4-pixel zero padding, horizontal flip
-    (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only.
+    cifar (reference `datasets/cifar10.py`): train = RandomCrop `image_size` (32) with 4-pixel zero padding,
+    horizontal flip (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only.
     imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): train =
-    RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, ColorJitter(0.4, 0.4, 0.4, hue 0),
-    normalise with the ImageNet mean/std; eval = resize the shorter side to 256 (antialiased bilinear, as PIL does),
-    centre crop 224, normalise. kornia's RandomResizedCrop does not antialias. Note that the reference normalises
-    iNaturalist 2018 with its own statistics (mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192)).
-    Images of any PIL mode are converted to RGB.
+    RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip,
+    ColorJitter(0.4, 0.4, 0.4, hue 0), normalise; eval = resize the shorter side to `image_size * RESIZE_RATIO`
+    (256; antialiased bilinear, as PIL does), centre crop `image_size`, normalise. kornia's RandomResizedCrop does
+    not antialias. `mean`/`std` default to the family's (`DEFAULT_NORMALIZATION`); iNaturalist 2018 passes its own
+    (`INATURALIST_MEAN`/`INATURALIST_STD`, as the reference). Images of any PIL mode are converted to RGB.
     """
+    size, mean, std = preprocessing_of(family, image_size, mean, std)
+    normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
     if family == "cifar":
-        normalize = K.Normalize(torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD))
         per_image = None
         if train:
             batch_ops = torch.nn.Sequential(
-                K.RandomCrop((32, 32), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
+                K.RandomCrop((size, size), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
             )
         else:
             batch_ops = torch.nn.Sequential(normalize)
-    elif family == "imagenet":
-        normalize = K.Normalize(torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD))
-        if train:
-            per_image = K.RandomResizedCrop((224, 224), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), align_corners=False)
-            batch_ops = torch.nn.Sequential(
-                K.RandomHorizontalFlip(p=0.5),
-                K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
-                normalize,
-            )
-        else:
-            per_image = torch.nn.Sequential(
-                K.Resize(256, side="short", antialias=True, align_corners=False), K.CenterCrop(224)
-            )
-            batch_ops = torch.nn.Sequential(normalize)
+    elif train:
+        per_image = K.RandomResizedCrop((size, size), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), align_corners=False)
+        batch_ops = torch.nn.Sequential(
+            K.RandomHorizontalFlip(p=0.5),
+            K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
+            normalize,
+        )
     else:
-        raise ValueError(f"family='{family}' is unknown: use one of {FAMILIES}")
+        per_image = torch.nn.Sequential(
+            K.Resize(round(size * RESIZE_RATIO), side="short", antialias=True, align_corners=False),
+            K.CenterCrop(size),
+        )
+        batch_ops = torch.nn.Sequential(normalize)
     return BatchImageTransform(per_image, batch_ops, image_column, label_column)
 
 
