@@ -1,4 +1,4 @@
-"""Reproduce the paper's CIFAR-10-LT (imbalance factor 100) ablation with mislas_hf.
+"""Reproduce the paper's CIFAR-10-LT ablation (Table 4; imbalance factor 100, 50 or 10) with mislas_hf.
 
 Rows (Table 3's modules, Table 4's baselines), all on the same data and seeds; stage-2 rows share one stage-1 model:
 
@@ -13,9 +13,12 @@ Schedules (fixed so that runs can be compared):
   --scale cpu    stage 1: 30 epochs, batch 128, LR 0.1, 1 warm-up epoch, x0.1 after epoch 24 and 27 (the paper's
                  5/160/180 of 200, scaled), mixup alpha 1.0, WD 2e-4; stage 2: 10 epochs, cosine, eps 0.3/0.0,
                  ΔW LR ratio 0.5 (Table 6). About an hour on a 2-core CPU.
-  --scale paper  the paper's 200 + 10 epochs (recipes/configs/cifar10_lt_if100.yaml).
+  --scale paper  the paper's 200 + 10 epochs (recipes/configs/cifar10_lt_if{100,50,10}.yaml, by
+                 --imbalance_factor; each config holds Table 6's stage-2 values for its factor).
 
     python recipes/reproduce_cifar10_lt.py --scale cpu --output_dir runs/reproduce_cpu
+    python recipes/reproduce_cifar10_lt.py --scale paper --imbalance_factor 50 --rows lws_mixup,mislas_no_sl,crt_mixup \
+        --output_dir runs/reproduce_paper_if50 --resume_from_checkpoint true
 
 Writes OUTPUT_DIR/<row>/stage{1,2}/ (models, eval_results.json, diagrams, cards), OUTPUT_DIR/results.json,
 OUTPUT_DIR/results.md (the table, beside the paper's numbers) and OUTPUT_DIR/reliability_diagrams.png (CE,
@@ -39,22 +42,24 @@ from mislas_hf.calibration import calibration_bins, draw_reliability_diagram
 from mislas_hf.data import load_benchmark, make_transform
 from mislas_hf.run import parse_arguments, train
 
-CONFIG = Path(__file__).parent / "configs" / "cifar10_lt_if100.yaml"
+CONFIGS = {factor: Path(__file__).parent / "configs" / f"cifar10_lt_if{factor}.yaml" for factor in (100, 50, 10)}
 SCALES = {
     "cpu": ["--stage1_epochs", "30", "--warmup_steps", str(1 / 30), "--lr_decay_epochs", "24", "27",
             "--stage2_epochs", "10"],
     "paper": [],
 }
-# Paper, Table 4 (CIFAR-10-LT, IF 100, ResNet-32): top-1 % / ECE %. CE is Table 4's "CE" row (accuracy only);
-# Table 3's module ablation is on CIFAR-100-LT only, so rows without a CIFAR-10 number say so.
+# Paper, Table 4 (CIFAR-10-LT, ResNet-32), per imbalance factor: top-1 % / ECE %. CE is Table 4's "CE" row (accuracy
+# only); Table 3's module ablation is on CIFAR-100-LT only, so rows without a CIFAR-10 number say so. MiSLAS has one
+# number with or without shifted BN: the reference's CIFAR-10 configs, which produced it, turn shifted BN off.
 PAPER = {
-    "ce": (70.4, None),
-    "lws_mixup": (76.3, 15.6),
-    "lws_mixup_sl": (None, None),
-    "mislas": (82.1, 3.70),
-    "mislas_no_sl": (82.1, 3.70),
-    "crt_mixup": (79.1, 10.6),
+    100: {"ce": (70.4, None), "lws_mixup": (76.3, 15.6), "mislas": (82.1, 3.70), "crt_mixup": (79.1, 10.6)},
+    50: {"ce": (74.8, None), "lws_mixup": (82.6, 11.0), "mislas": (85.7, 2.17), "crt_mixup": (84.2, 6.89)},
+    10: {"ce": (86.4, None), "lws_mixup": (89.6, 5.41), "mislas": (90.0, 1.20), "crt_mixup": (89.8, 3.92)},
 }
+for table in PAPER.values():
+    table.update(lws_mixup_sl=(None, None), mislas_no_sl=table["mislas"])
+# The reference README's published stage-2 MiSLAS checkpoints (dvlab-research/MiSLAS), top-1 % / ECE %.
+REFERENCE_README = {100: (82.5, 3.66), 50: (85.7, 2.01), 10: (90.0, 1.20)}
 STAGE2_ROWS = {
     "lws_mixup": ["--head_mode", "lws", "--stage2_loss", "ce", "--shift_bn", "false"],
     "lws_mixup_sl": ["--head_mode", "lws", "--stage2_loss", "ce", "--shift_bn", "true"],
@@ -62,7 +67,7 @@ STAGE2_ROWS = {
     "mislas_no_sl": ["--head_mode", "mislas", "--stage2_loss", "las", "--shift_bn", "false"],
     "crt_mixup": ["--head_mode", "crt", "--stage2_loss", "ce", "--shift_bn", "false"],
 }
-DIAGRAM_PANELS = [("ce", "stage1"), ("lws_mixup", "stage2"), ("mislas", "stage2")]
+DIAGRAM_PANELS = [("ce", "stage1"), ("lws_mixup", "stage2"), ("mislas", "stage2"), ("mislas_no_sl", "stage2")]
 LABELS = {
     "ce": "CE (one stage, no mixup)",
     "lws_mixup": "LWS + mixup",
@@ -84,13 +89,13 @@ def percent(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def write_table(rows: dict, scale: str, path: Path) -> None:
+def write_table(rows: dict, scale: str, imbalance_factor: int, path: Path) -> None:
     lines = [
         f"| Row | Top-1 | Many | Medium | Few | ECE | NLL | Wall time (min) | Paper top-1 / ECE (200+10 epochs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row, (metrics, minutes) in rows.items():
-        paper_accuracy, paper_ece = PAPER[row]
+        paper_accuracy, paper_ece = PAPER[imbalance_factor][row]
         paper = "not reported for CIFAR-10" if paper_accuracy is None else (
             f"{paper_accuracy} / {paper_ece if paper_ece is not None else '–'}"
         )
@@ -100,13 +105,18 @@ def write_table(rows: dict, scale: str, path: Path) -> None:
             f"{percent(metrics['eval_ece'])} | {metrics['eval_nll']:.3f} | {minutes:.1f} | {paper} |"
         )
     lines.append("")
-    lines.append(f"Schedule: `--scale {scale}`. Measured numbers are ours; the last column is the paper's (Table 4).")
+    reference_accuracy, reference_ece = REFERENCE_README[imbalance_factor]
+    lines.append(
+        f"CIFAR-10-LT, imbalance factor {imbalance_factor}. Schedule: `--scale {scale}`. Measured numbers are ours; the "
+        f"last column is the paper's (Table 4). The reference README's MiSLAS checkpoint: {reference_accuracy} / "
+        f"{reference_ece}."
+    )
     path.write_text("\n".join(lines) + "\n")
 
 
-def combined_diagram(output_dir: Path, data_flags: dict, path: Path) -> None:
+def combined_diagram(output_dir: Path, dataset_name: str, imbalance_factor: int, path: Path) -> None:
     """CE, LWS + mixup and MiSLAS reliability diagrams side by side (paper Figures 1 and 4)."""
-    benchmark = load_benchmark("cifar10-lt", imbalance_factor=100, dataset_name=data_flags["dataset_name"])
+    benchmark = load_benchmark("cifar10-lt", imbalance_factor=imbalance_factor, dataset_name=dataset_name)
     test = benchmark.splits["test"]
     test.set_transform(make_transform("cifar", train=False))
     panels = [(row, stage) for row, stage in DIAGRAM_PANELS if (output_dir / row / stage).is_dir()]
@@ -130,6 +140,10 @@ def combined_diagram(output_dir: Path, data_flags: dict, path: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    parser.add_argument(
+        "--imbalance_factor", type=int, choices=sorted(CONFIGS), default=100,
+        help="CIFAR-10-LT imbalance factor; picks recipes/configs/cifar10_lt_if<N>.yaml (default: 100).",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument(
         "--dataset_name",
@@ -145,7 +159,8 @@ def main():
     if unknown:
         parser.error(f"--rows: unknown row(s) {', '.join(unknown)}; choose from {', '.join(LABELS)}")
     output_dir = Path(args.output_dir)
-    common = ["--config", str(CONFIG), "--dataset_name", args.dataset_name, *SCALES[args.scale], *extra]
+    common = ["--config", str(CONFIGS[args.imbalance_factor]), "--dataset_name", args.dataset_name, *SCALES[args.scale],
+              *extra]
     rows = {}
     if "ce" in selected:
         results, seconds = run([*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")])
@@ -161,8 +176,8 @@ def main():
     (output_dir / "results.json").write_text(
         json.dumps({row: {"metrics": m, "wall_minutes": t} for row, (m, t) in rows.items()}, indent=2) + "\n"
     )
-    write_table(rows, args.scale, output_dir / "results.md")
-    combined_diagram(output_dir, {"dataset_name": args.dataset_name}, output_dir / "reliability_diagrams.png")
+    write_table(rows, args.scale, args.imbalance_factor, output_dir / "results.md")
+    combined_diagram(output_dir, args.dataset_name, args.imbalance_factor, output_dir / "reliability_diagrams.png")
 
 
 if __name__ == "__main__":

@@ -75,3 +75,18 @@ def test_reproduce_rejects_an_unknown_row_before_training(tmp_path):
     assert result.returncode == 2
     assert "--rows: unknown row(s) lws" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("factor, paper", [(100, "82.1 / 3.7"), (50, "85.7 / 2.17"), (10, "90.0 / 1.2")])
+def test_reproduce_table_quotes_table4_for_its_imbalance_factor(tmp_path, factor, paper):
+    """The table puts the paper's Table 4 MiSLAS number of the run's imbalance factor (and the reference README's
+    checkpoint) beside the measured row, in percent."""
+    reproduce = load_recipe("reproduce_cifar10_lt")
+    metrics = {"eval_accuracy": 0.8512, "eval_many_accuracy": 0.9, "eval_medium_accuracy": 0.8,
+               "eval_few_accuracy": 0.7, "eval_ece": 0.0234, "eval_nll": 0.5}
+    reproduce.write_table({"mislas_no_sl": (metrics, 12.5)}, "paper", factor, tmp_path / "results.md")
+    row, footer = (tmp_path / "results.md").read_text().splitlines()[2], (tmp_path / "results.md").read_text()
+    assert row == f"| MiSLAS without shifted BN | 85.12 | 90.00 | 80.00 | 70.00 | 2.34 | 0.500 | 12.5 | {paper} |"
+    assert f"imbalance factor {factor}" in footer
+    assert {100: "82.5 / 3.66", 50: "85.7 / 2.01", 10: "90.0 / 1.2"}[factor] in footer
+    assert reproduce.CONFIGS[factor].name == f"cifar10_lt_if{factor}.yaml" and reproduce.CONFIGS[factor].is_file()
