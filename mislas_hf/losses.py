@@ -84,6 +84,12 @@ def _check_logits_and_labels(logits, labels, num_classes):
         raise ValueError(f"logits must have shape [batch, {num_classes}], got {tuple(logits.shape)}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"labels must have shape [{logits.shape[0]}] to match logits, got {tuple(labels.shape)}")
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        raise ValueError(
+            f"label {labels[outside][0].item()} is outside [0, {num_classes}): labels must be class ids of the "
+            f"{num_classes} classes that class_counts describes; check the dataset's label column"
+        )
 
 
 class LabelAwareSmoothingLoss(nn.Module):

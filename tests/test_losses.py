@@ -167,13 +167,16 @@ def test_loss_minimiser_is_reference_target_distribution():
     assert gap.item() == pytest.approx(math.log(8.5), abs=1e-4)  # 0.68 / 0.08
 
 
-def test_paper_eq1_minimiser_matches_eq12():
-    # Eqs. (10)-(12): with q_y = 1 - eps, q_i = eps / (K - 1), the optimal logit gap is log((K - 1)(1 - eps) / eps).
+def test_loss_rescaled_to_paper_eq1_has_the_eq12_minimiser():
+    # Eqs. (10)-(12): with Eq. (1)'s target q_y = 1 - eps, q_i = eps / (K - 1) the optimal logit gap is
+    # log((K - 1)(1 - eps) / eps). The package's loss equals Eq. (1) with eps * (K - 1) / K, so the package's loss
+    # with eps' = eps * K / (K - 1) must have that minimiser (equal counts: every class gets smooth_head = eps').
     num_classes, label, eps = 5, 2, 0.3
-    targets = _paper_targets(torch.tensor([label]), torch.tensor([eps]), num_classes)[0]
-    logits = _minimise(lambda z: -(targets * torch.log_softmax(z, dim=0)).sum(), num_classes)
-    torch.testing.assert_close(torch.softmax(logits, dim=0), targets, atol=1e-6, rtol=0)
-    assert (logits[label] - logits[0]).item() == pytest.approx(math.log(4 * 0.7 / 0.3), abs=1e-5)
+    criterion = LabelAwareSmoothingLoss([7] * num_classes, eps * num_classes / (num_classes - 1), 0.0)
+    logits = _minimise(lambda z: criterion(z[None, :], torch.tensor([label])), num_classes)
+    gap = (logits[label] - logits[0]).item()
+    assert gap == pytest.approx(math.log((num_classes - 1) * (1 - eps) / eps), abs=1e-4)  # log(28 / 3)
+    assert gap == pytest.approx(math.log(28 / 3), abs=1e-4)
 
 
 def test_loss_buffer_follows_module_and_stays_out_of_state_dict():
@@ -202,6 +205,14 @@ def test_losses_reject_mismatched_shapes():
         criterion(torch.zeros(2, 5), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="logits"):
         ClassBalancedCrossEntropy([2, 1])(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad_label", [5, -1])
+def test_losses_name_an_out_of_range_label(bad_label):
+    labels = torch.tensor([0, 4, bad_label, 1])
+    for criterion in (LabelAwareSmoothingLoss(COUNTS, 0.4, 0.1), ClassBalancedCrossEntropy(COUNTS)):
+        with pytest.raises(ValueError, match=rf"label {bad_label} is outside \[0, 5\)"):
+            criterion(torch.zeros(4, 5), labels)
 
 
 def test_class_balanced_cross_entropy_by_hand():

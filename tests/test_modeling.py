@@ -116,13 +116,21 @@ def test_logits_are_float32_under_bf16_autocast():
     assert torch.allclose(logits.double(), expected, atol=1e-5)  # a bf16 product is off by ~1e-2 here
 
 
-def test_stage2_starts_from_the_stage1_logits():
+def test_stage2_starts_from_the_stage1_classifier():
+    # Eq. (4) at the start of stage 2: s = 1 and ΔW = 0, so the logits are the stage-1 linear classifier W f + b on
+    # the pooled features, computed here from the hidden states and the stage-1 weights saved before the switch.
     model = cifar_model().eval()
+    stage1_weight, stage1_bias = model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()
     pixels = torch.randn(3, 3, 32, 32)
-    before = model(pixels).logits
     model.prepare_stage2("mislas", shift_bn=True)
     model.eval()
-    assert torch.equal(model(pixels).logits, before)  # s = 1, ΔW = 0
+    with torch.no_grad():
+        outputs = model(pixels, output_hidden_states=True)
+    features = outputs.hidden_states[-1].double().mean(dim=(2, 3))
+    expected = features @ stage1_weight.double().T + stage1_bias.double()
+    assert torch.equal(model.classifier.scale.detach(), torch.ones(10))
+    assert torch.equal(model.classifier.delta_weight.detach(), torch.zeros(10, 64))
+    torch.testing.assert_close(outputs.logits.double(), expected, atol=1e-5, rtol=1e-5)  # float32 sums of ~1e2
 
 
 def _bn_layers(model):

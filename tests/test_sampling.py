@@ -66,6 +66,85 @@ def test_one_epoch_on_cifar10_lt_is_class_balanced(cifar10_lt_labels):
     assert len(few) == 50 and max(few.values()) - min(few.values()) <= 1
 
 
+def reference_class_aware_stream(labels, length, samples_per_class, generator):
+    """The reference's class-aware stream (Decoupling / MiSLAS `ClassAwareSampler` over `RandomCycleIter`s),
+    re-implemented from its description with torch's RNG in place of Python's `random.shuffle`:
+
+    - a random cycle over a list starts *before* its first item, so its very first draw shuffles the list, and it
+      reshuffles each time it has handed out every item (one pass = one fresh random order);
+    - one cycle runs over the class ids, one over each class's dataset indices; each group is `samples_per_class`
+      consecutive draws from the cycle of the class drawn next; the stream stops after `length` indices.
+
+    A shuffle of `n` items takes `torch.randperm(n, generator=generator)` and reorders the current list by it, and
+    the draws happen lazily in stream order (the class cycle's shuffle before the first class's images'), which is
+    the package's documented RNG use (one `torch.Generator` seeded with `seed + epoch` for the whole epoch)."""
+
+    class Cycle:
+        def __init__(self, items):
+            self.items, self.next_position = list(items), len(items)
+
+        def draw(self):
+            if self.next_position == len(self.items):
+                self.items = [self.items[k] for k in torch.randperm(len(self.items), generator=generator).tolist()]
+                self.next_position = 0
+            self.next_position += 1
+            return self.items[self.next_position - 1]
+
+    classes = sorted(set(labels))
+    class_cycle = Cycle(range(len(classes)))
+    image_cycles = [Cycle([i for i, label in enumerate(labels) if label == c]) for c in classes]
+    stream = []
+    while len(stream) < length:
+        images = image_cycles[class_cycle.draw()]
+        stream += [images.draw() for _ in range(samples_per_class)]
+    return stream[:length]
+
+
+@pytest.mark.parametrize("samples_per_class", [4, 3])
+def test_stream_is_the_reference_stream_for_epochs_0_and_1(samples_per_class):
+    sampler = ClassAwareSampler(SMALL_LABELS, samples_per_class=samples_per_class, seed=11)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(11 + epoch)
+        expected = reference_class_aware_stream(SMALL_LABELS, len(SMALL_LABELS), samples_per_class, generator)
+        assert list(sampler) == expected, f"epoch {epoch}"
+    # and the first groups are really shuffled: not class 0's first images in index order
+    assert list(sampler)[:4] != [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_epochs_on_cifar10_lt_cover_each_class_with_reshuffled_passes(cifar10_lt_labels):
+    """What a class-aware stream whose cycles skip the first shuffle gets wrong: it would draw class 0's first
+    ~1,240 images (of 5,000) in index order, the same ones every epoch."""
+    labels = cifar10_lt_labels
+    class0 = [i for i, label in enumerate(labels) if label == 0]
+    class9 = [i for i, label in enumerate(labels) if label == 9]
+    assert len(class0) == 5000 and len(class9) == 50
+    sampler = ClassAwareSampler(labels, seed=0)
+    drawn = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        stream = list(sampler)
+        head = [class0.index(i) for i in stream if labels[i] == 0]  # rank of each drawn image inside class 0
+        # ~1,240 draws, all distinct (one partial pass of 5,000), spread over the whole class
+        assert 1100 < len(head) == len(set(head)) < 1400
+        assert max(head) > 4000 and min(head) < 1000
+        assert sum(rank < 2500 for rank in head) == pytest.approx(len(head) / 2, rel=0.15)
+        drawn[epoch] = set(head)
+        # class 9 (50 images) is drawn in ~24 full passes: each a fresh random order
+        tail = [i for i in stream if labels[i] == 9]
+        passes = [tuple(tail[k : k + 50]) for k in range(0, len(tail) - 49, 50)]
+        assert len(passes) >= 20 and all(sorted(p) == class9 for p in passes)
+        assert len(set(passes)) == len(passes) and tuple(class9) not in passes
+        # the class cycle: each pass over the 10 classes is a fresh order too
+        group_classes = [labels[i] for i in stream[::4]]
+        class_passes = [tuple(group_classes[k : k + 10]) for k in range(0, len(group_classes) - 9, 10)]
+        assert tuple(range(10)) not in class_passes[:3] and len(set(class_passes)) > len(class_passes) // 2
+    # two epochs draw different class-0 images: about a quarter of one epoch's draws recur in the other
+    overlap = len(drawn[0] & drawn[1]) / len(drawn[0])
+    assert 0.15 < overlap < 0.35
+
+
 def test_stream_structure_for_other_group_sizes():
     for samples_per_class in (1, 3, 4):
         sampler = ClassAwareSampler(SMALL_LABELS, samples_per_class=samples_per_class, seed=5)
