@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
+        "torchvision>=0.19",
         "transformers>=5.0",
         "datasets>=4.0",
         "accelerate>=1.0",
