@@ -95,7 +95,9 @@ def measure(spec: dict) -> dict:
     from transformers import TrainerCallback
     from transformers.utils import logging as transformers_logging
 
-    from mislas_hf.run import build_model, load_splits, parse_arguments, stage_arguments, train_batch_augmentation
+    from mislas_hf.run import (
+        build_model, load_splits, parse_arguments, plan_model, stage_arguments, train_batch_augmentation,
+    )
     from mislas_hf.trainer import MislasTrainer
 
     datasets.disable_progress_bars()
@@ -165,8 +167,9 @@ def measure(spec: dict) -> dict:
         if not cuda:
             argv += ["--use_cpu", "true"]  # what the Trainer asks for to allow --bf16 on a CPU
         model_args, data_args, args, _ = parse_arguments(argv)
-        benchmark, counts, train_set, _, test = load_splits(data_args, args)
-        model = build_model(model_args, benchmark, counts)
+        plan = plan_model(model_args)
+        benchmark, counts, train_set, _, test = load_splits(data_args, args, plan)
+        model = build_model(model_args, plan, benchmark, counts, data_args)
         stage_args = stage_arguments(args, 2 if phase == "stage2" else 1)
         stage_args.max_steps = warmup + steps
         timer = StepTimer()

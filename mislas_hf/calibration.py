@@ -246,7 +246,9 @@ def class_groups(class_counts, many_threshold=100, few_threshold=20, boundaries=
     }
 
 
-def calibration_metrics(logits, labels, class_counts=None, class_group_boundaries=None, n_bins=15):
+def calibration_metrics(
+    logits, labels, class_counts=None, class_group_boundaries=None, n_bins=15, many_threshold=100, few_threshold=20
+):
     """Accuracy and calibration of a classifier's outputs, all as fractions.
 
     Softmax is taken in float64. Keys:
@@ -254,10 +256,12 @@ def calibration_metrics(logits, labels, class_counts=None, class_group_boundarie
     * ``accuracy``, ``top5_accuracy`` (top-``min(5, K)``);
     * ``many_accuracy``, ``medium_accuracy``, ``few_accuracy`` when
       ``class_counts`` is given (groups of :func:`class_groups`, with
-      ``class_group_boundaries`` as its ``boundaries``): the accuracy over the
+      ``class_group_boundaries`` as its ``boundaries``, else the count
+      thresholds ``many_threshold`` / ``few_threshold``): the accuracy over the
       test samples whose label is in the group. On the balanced test sets of
       the long-tailed benchmarks this equals the reference's mean of
-      per-class accuracies. A group without test samples has no key;
+      per-class accuracies. A group without test samples (e.g. no class with
+      more than 100 training images) has no key, rather than a 0 accuracy;
     * ``ece``, ``mce`` (Sec. 2, ``n_bins`` bins), ``nll`` (mean, natural log).
 
     Args:
@@ -266,6 +270,7 @@ def calibration_metrics(logits, labels, class_counts=None, class_group_boundarie
         class_counts: optional training images per class (``K`` numbers).
         class_group_boundaries: optional ``(a, b)`` index split; needs ``class_counts``.
         n_bins: number of calibration bins.
+        many_threshold, few_threshold: the count thresholds of :func:`class_groups`.
     """
     logits, labels = _check_scores_and_labels(logits, labels, "logits")
     num_classes = logits.shape[1]
@@ -281,7 +286,8 @@ def calibration_metrics(logits, labels, class_counts=None, class_group_boundarie
         counts = check_class_counts(class_counts)
         if len(counts) != num_classes:
             raise ValueError(f"class_counts has {len(counts)} entries but logits have {num_classes} classes")
-        for name, members in class_groups(counts, boundaries=class_group_boundaries).items():
+        groups = class_groups(counts, many_threshold, few_threshold, boundaries=class_group_boundaries)
+        for name, members in groups.items():
             in_group = np.isin(labels, members)
             if in_group.any():
                 metrics[f"{name}_accuracy"] = float(correct[in_group].mean())
@@ -292,7 +298,7 @@ def calibration_metrics(logits, labels, class_counts=None, class_group_boundarie
     return metrics
 
 
-def compute_metrics(class_counts=None, class_group_boundaries=None, n_bins=15):
+def compute_metrics(class_counts=None, class_group_boundaries=None, n_bins=15, many_threshold=100, few_threshold=20):
     """``Trainer(compute_metrics=...)`` callback returning :func:`calibration_metrics`.
 
     The returned function takes a ``transformers.EvalPrediction`` (anything
@@ -310,6 +316,8 @@ def compute_metrics(class_counts=None, class_group_boundaries=None, n_bins=15):
             class_counts=class_counts,
             class_group_boundaries=class_group_boundaries,
             n_bins=n_bins,
+            many_threshold=many_threshold,
+            few_threshold=few_threshold,
         )
 
     return _compute

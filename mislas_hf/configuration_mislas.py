@@ -7,10 +7,46 @@ from transformers import PreTrainedConfig
 BACKBONES = {
     "resnet32": ("cifar", "basic", (5, 5, 5), (16, 32, 64)),
     "resnet10": ("imagenet", "basic", (1, 1, 1, 1), (64, 128, 256, 512)),
+    "resnet18": ("imagenet", "basic", (2, 2, 2, 2), (64, 128, 256, 512)),
+    "resnet34": ("imagenet", "basic", (3, 4, 6, 3), (64, 128, 256, 512)),
     "resnet50": ("imagenet", "bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048)),
     "resnet101": ("imagenet", "bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048)),
     "resnet152": ("imagenet", "bottleneck", (3, 8, 36, 3), (256, 512, 1024, 2048)),
 }
+
+IMAGENET_STEM_CHANNELS = 64
+"""Output channels of the 7x7 stem convolution of every ImageNet-family backbone (`ResNetConfig.embedding_size`)."""
+
+
+def backbone_of_resnet_config(resnet_config: dict) -> str:
+    """The name in `BACKBONES` of a transformers ResNet checkpoint's architecture (`config.json` of `model_type:
+    resnet`, e.g. microsoft/resnet-50), from its `layer_type`, `depths`, `hidden_sizes` and stem; `ValueError`
+    naming the architecture when no backbone here has the same layers."""
+    architecture = (
+        resnet_config.get("layer_type", "bottleneck"),
+        tuple(resnet_config.get("depths", ())),
+        tuple(resnet_config.get("hidden_sizes", ())),
+    )
+    variant = {
+        "embedding_size": IMAGENET_STEM_CHANNELS,
+        "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False,
+        "hidden_act": "relu",
+        "num_channels": 3,
+    }
+    differences = {key: resnet_config[key] for key, value in variant.items() if resnet_config.get(key, value) != value}
+    for name, (family, layer_type, depths, hidden_sizes) in BACKBONES.items():
+        if family == "imagenet" and (layer_type, depths, hidden_sizes) == architecture and not differences:
+            return name
+    raise ValueError(
+        f"the ResNet checkpoint's architecture (layer_type={architecture[0]!r}, depths={list(architecture[1])}, "
+        f"hidden_sizes={list(architecture[2])}"
+        + "".join(f", {key}={value!r}" for key, value in differences.items())
+        + ") matches none of the backbones here: use a checkpoint of one of "
+        + ", ".join(name for name, spec in BACKBONES.items() if spec[0] == "imagenet")
+        + " (e.g. microsoft/resnet-50), with a 64-channel stem and stride on the 3x3 convolution (v1.5)."
+    )
+
 
 # Stage-2 classifier modes expressible by the scaled-shift head of Eq. (4).
 HEAD_MODES = ("linear", "crt", "lws", "mislas")
@@ -23,14 +59,21 @@ class MislasConfig(PreTrainedConfig):
 
     Args:
         backbone (`str`, defaults to `"resnet32"`):
-            One of `resnet32` (CIFAR ResNet of He et al., 3x3 stem, option-A shortcuts) or `resnet10`, `resnet50`,
-            `resnet101`, `resnet152` (torchvision-layout ResNets for ImageNet-LT, Places-LT and iNaturalist 2018).
+            One of `resnet32` (CIFAR ResNet of He et al., 3x3 stem, option-A shortcuts) or `resnet10`, `resnet18`,
+            `resnet34`, `resnet50`, `resnet101`, `resnet152` (torchvision-layout ResNets for ImageNet-LT, Places-LT,
+            iNaturalist 2018 and transformers ResNet checkpoints such as microsoft/resnet-50).
         class_counts (`list[int]`, *optional*):
             Training images per class, in label order. Needed by label-aware smoothing (Eq. 3) and by the
             Many/Medium/Few metrics; saved with the model so evaluation of a published checkpoint uses them.
         class_group_boundaries (`list[int]`, *optional*):
             `[a, b]`: the reference's index split for Many = [0, a), Medium = [a, b), Few = [b, K) (used for
-            CIFAR-LT). When unset, the paper's thresholds on `class_counts` apply (Appendix A).
+            CIFAR-LT). When unset, the count thresholds below apply.
+        many_shot_threshold (`int`, defaults to 100):
+            Without `class_group_boundaries`, Many-shot classes have more than this many training images
+            (Appendix A of the paper).
+        few_shot_threshold (`int`, defaults to 20):
+            Without `class_group_boundaries`, Few-shot classes have fewer than this many training images; Medium
+            is the rest.
         retention_factor (`float`, defaults to 1.0):
             r in Eq. (4). cRT is r = 0.
         head_mode (`str`, defaults to `"linear"`):
@@ -56,6 +99,8 @@ class MislasConfig(PreTrainedConfig):
     backbone: str = "resnet32"
     class_counts: list[int] | None = None
     class_group_boundaries: list[int] | None = None
+    many_shot_threshold: int = 100
+    few_shot_threshold: int = 20
     retention_factor: float = 1.0
     head_mode: str = "linear"
     shift_bn: bool = False
@@ -85,6 +130,11 @@ class MislasConfig(PreTrainedConfig):
                 )
             if any(count < 0 for count in self.class_counts):
                 raise ValueError("MislasConfig.class_counts has a negative count: counts are numbers of images.")
+        if not 0 <= self.few_shot_threshold <= self.many_shot_threshold:
+            raise ValueError(
+                f"MislasConfig.few_shot_threshold={self.few_shot_threshold} must be between 0 and "
+                f"many_shot_threshold={self.many_shot_threshold}."
+            )
         if self.class_group_boundaries is not None:
             first, second = (int(bound) for bound in self.class_group_boundaries)
             if not 0 <= first <= second <= self.num_labels:
@@ -105,4 +155,4 @@ class MislasConfig(PreTrainedConfig):
         return BACKBONES[self.backbone][3]
 
 
-__all__ = ["MislasConfig", "BACKBONES", "HEAD_MODES"]
+__all__ = ["MislasConfig", "BACKBONES", "HEAD_MODES", "backbone_of_resnet_config"]

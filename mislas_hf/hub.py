@@ -159,7 +159,8 @@ def class_count_profile(model_config) -> dict | None:
     if not counts:
         return None
     boundaries = model_config.class_group_boundaries
-    groups = class_groups(counts, boundaries=tuple(boundaries) if boundaries is not None else None)
+    many, few = model_config.many_shot_threshold, model_config.few_shot_threshold
+    groups = class_groups(counts, many, few, boundaries=tuple(boundaries) if boundaries is not None else None)
     if boundaries is not None:
         first, second = boundaries
         rule = (
@@ -167,7 +168,9 @@ def class_count_profile(model_config) -> dict | None:
             f"Medium = [{first}, {second}), Few = [{second}, {len(counts)})"
         )
     else:
-        rule = "the paper's thresholds on training images per class, Many > 100, Medium 20-100, Few < 20"
+        rule = f"thresholds on training images per class, Many > {many}, Medium {few}-{many}, Few < {few}" + (
+            " (the paper's, Appendix A)" if (many, few) == (100, 20) else ""
+        )
     return {
         "num_classes": len(counts),
         "total": sum(counts),

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, ResNetConfig
+from transformers import PreTrainedModel, ResNetConfig, ResNetModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.models.resnet.modeling_resnet import ResNetBottleNeckLayer, ResNetEmbeddings, ResNetEncoder
@@ -100,6 +100,43 @@ def resnet_config_for(config: MislasConfig) -> ResNetConfig:
     )
 
 
+def load_resnet_backbone(model: "MislasModel", resnet: ResNetModel) -> list[str]:
+    """Copy the stem and stages of a transformers `ResNetModel` (e.g. `ResNetModel.from_pretrained(
+    "microsoft/resnet-50")`) into the ImageNet-family backbone of `model`: every tensor of `resnet.embedder.*` goes to
+    `model.embedder.*` and every tensor of `resnet.encoder.*` to `model.encoder.resnet_encoder.*`, the layers being
+    transformers' own. A stage of `model` may have fewer blocks than the checkpoint's (Places-LT's ResNet-152 keeps
+    two of the last stage's three, the reference's `layer4` cut before its extra block): the first blocks load and
+    the names of the checkpoint tensors left out are returned. Anything else that does not fit raises `ValueError`
+    naming the tensor; no backbone tensor keeps its random initialisation."""
+    if model.config.family != "imagenet":
+        raise ValueError(
+            f"a transformers ResNet loads into an ImageNet-family backbone, not {model.config.backbone}: leave "
+            "backbone unset to take the checkpoint's, or choose one of the ImageNet-family backbones"
+        )
+    targets = {"embedder.": model.embedder.state_dict(), "encoder.": model.encoder.resnet_encoder.state_dict()}
+    loaded = {prefix: {} for prefix in targets}
+    left_out = []
+    for name, tensor in resnet.state_dict().items():
+        prefix = next((prefix for prefix in targets if name.startswith(prefix)), None)
+        if prefix is None:
+            continue  # the pooler has no parameters
+        key = name[len(prefix) :]
+        if key not in targets[prefix]:
+            if prefix == "encoder." and key.startswith("stages."):
+                left_out.append(name)
+                continue
+            raise ValueError(f"checkpoint tensor resnet.{name} has no place in the {model.config.backbone} backbone")
+        if targets[prefix][key].shape != tensor.shape:
+            raise ValueError(
+                f"checkpoint tensor resnet.{name} has shape {tuple(tensor.shape)}, the {model.config.backbone} "
+                f"backbone's {tuple(targets[prefix][key].shape)}"
+            )
+        loaded[prefix][key] = tensor
+    model.embedder.load_state_dict(loaded["embedder."], strict=True)
+    model.encoder.resnet_encoder.load_state_dict(loaded["encoder."], strict=True)
+    return left_out
+
+
 class MislasScaledShiftClassifier(nn.Module):
     r"""
     The classifier of Eq. (4), `z = diag(s) ((r W + ΔW)^T x + b)`, with the bias inside the scaling as in the
@@ -120,11 +157,15 @@ class MislasScaledShiftClassifier(nn.Module):
         self.retention_factor = retention_factor
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits in float32, also under bf16/fp16 autocast: the losses and the calibration metrics (ECE, NLL) read
-        them, and the head is one `[K, M]` product, so full precision costs nothing measurable."""
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            weight = self.retention_factor * self.weight + self.delta_weight
-            return self.scale * F.linear(features.float(), weight, self.bias)
+        """Logits in float32 under bf16/fp16 autocast: the losses and the calibration metrics (ECE, NLL) read them,
+        and the head is one `[K, M]` product, so full precision costs nothing measurable. Without autocast the head
+        computes in its weights' own dtype, so a model cast as a whole (`double()`, `half()`, `to(torch.bfloat16)`,
+        `from_pretrained(dtype=...)`) runs in that dtype end to end."""
+        device_type = features.device.type
+        dtype = torch.float32 if torch.is_autocast_enabled(device_type) else self.weight.dtype
+        with torch.autocast(device_type=device_type, enabled=False):
+            weight = self.retention_factor * self.weight.to(dtype) + self.delta_weight.to(dtype)
+            return self.scale.to(dtype) * F.linear(features.to(dtype), weight, self.bias.to(dtype))
 
 
 # Parameters of the head that train in each mode (Sec. 3.2, Eq. 4).
@@ -307,4 +348,10 @@ class MislasForImageClassification(MislasPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-__all__ = ["MislasPreTrainedModel", "MislasModel", "MislasForImageClassification", "MislasScaledShiftClassifier"]
+__all__ = [
+    "MislasPreTrainedModel",
+    "MislasModel",
+    "MislasForImageClassification",
+    "MislasScaledShiftClassifier",
+    "load_resnet_backbone",
+]

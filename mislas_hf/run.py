@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from transformers import HfArgumentParser, Trainer, set_seed
+from transformers import AutoImageProcessor, HfArgumentParser, PreTrainedConfig, ResNetModel, Trainer, set_seed
 from transformers.utils import logging
 from transformers.trainer_utils import get_last_checkpoint
 
 from .calibration import compute_metrics, reliability_diagram
-from .configuration_mislas import BACKBONES as BACKBONE_SPECS, MislasConfig
+from .configuration_mislas import BACKBONES as BACKBONE_SPECS, MislasConfig, backbone_of_resnet_config
 from .data import (
     BENCHMARKS,
     InMemoryCifarTransform,
@@ -29,13 +29,14 @@ from .data import (
     class_counts,
     decode_cifar_images,
     load_benchmark,
+    load_own_dataset,
     make_image_processor,
     stratified_holdout,
     make_transform,
     subset,
 )
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
-from .modeling_mislas import MislasForImageClassification
+from .modeling_mislas import MislasForImageClassification, load_resnet_backbone
 from .trainer import MislasTrainer, MislasTrainingArguments
 
 DIAGRAM_FILENAME = "reliability_diagram.png"
@@ -48,26 +49,86 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Stage-1 model (folder or Hub id) to start stage 2 from; for stage 1, weights to start from."},
+        metadata={
+            "help": "Stage 1: weights to start from, a MiSLAS model or any transformers ResNet (model_type resnet, "
+            "e.g. microsoft/resnet-50; its backbone loads, the classifier is new). Stage 2: the stage-1 model. "
+            "Folder or Hub id."
+        },
     )
-    backbone: str = field(default="resnet32", metadata={"help": "Backbone of a new model.", "choices": list(BACKBONE_SPECS)})
-    extra_block: bool = field(default=False, metadata={"help": "Extra bottleneck block before pooling (Places-LT)."})
-    freeze_backbone: bool = field(
-        default=False, metadata={"help": "Keep the pretrained backbone frozen in stage 1 too (Places-LT)."}
+    backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "Backbone of a new model (default resnet32); with model_name_or_path, the checkpoint's unless "
+            "given (a different one is refused).",
+            "choices": list(BACKBONE_SPECS),
+        },
+    )
+    extra_block: bool | None = field(
+        default=None,
+        metadata={"help": "Extra bottleneck block before pooling (Places-LT). Default: the checkpoint's, else off."},
+    )
+    freeze_backbone: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the pretrained backbone frozen in stage 1 too (Places-LT); needs model_name_or_path. "
+            "Default: the checkpoint's, else off."
+        },
     )
 
 
 @dataclass
 class DataArguments:
-    """Which long-tailed benchmark to train and evaluate on."""
+    """Which data to train and evaluate on: a paper benchmark (`dataset`) or your own (`dataset_name` / `train_dir`
+    without `dataset`)."""
 
-    dataset: str = field(
-        default="cifar10-lt",
-        metadata={"help": "Benchmark: cifar10-lt, cifar100-lt, imagenet-lt, places-lt or inat2018."},
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Paper benchmark: cifar10-lt, cifar100-lt, imagenet-lt, places-lt or inat2018. Leave it unset "
+            "to use your own data (dataset_name or train_dir) as it is; with no data option at all: cifar10-lt."
+        },
     )
-    imbalance_factor: float | None = field(default=100, metadata={"help": "N_max / N_min for CIFAR-LT (10, 50, 100)."})
+    imbalance_factor: float | None = field(
+        default=None,
+        metadata={
+            "help": "N_max / N_min of the exponential cut of a balanced training set: CIFAR-LT (10, 50, 100; "
+            "default 100), optional for your own data (default: no cut)."
+        },
+    )
     dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of parquet files (default: the benchmark's Hub id)."}
+        default=None,
+        metadata={
+            "help": "Hub id or local folder (parquet, arrow, imagefolder) that datasets.load_dataset reads: your own "
+            "data, or with dataset a local copy of a CIFAR benchmark."
+        },
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "Your own data: imagefolder of training images."})
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Your own data: imagefolder evaluated on when there is no test_dir."}
+    )
+    test_dir: str | None = field(default=None, metadata={"help": "Your own data: imagefolder of test images."})
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "Your own data: image column (default: image, img)."}
+    )
+    label_column_name: str | None = field(
+        default=None, metadata={"help": "Your own data: label column (default: label, labels, fine_label)."}
+    )
+    train_val_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Your own data without a test or validation split: evaluate on this fraction of every class "
+            "of the training set, held out (a class too small to give an image stays in training)."
+        },
+    )
+    many_shot_threshold: int = field(
+        default=100, metadata={"help": "Your own data: Many-shot classes have more training images than this."}
+    )
+    few_shot_threshold: int = field(
+        default=20, metadata={"help": "Your own data: Few-shot classes have fewer training images than this."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input side length (default: 32 for resnet32, 224 for the ImageNet-family backbones)."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Image root of a list-file benchmark."})
     train_list: str | None = field(default=None, metadata={"help": "Official training split list (list-file sets)."})
@@ -80,27 +141,161 @@ class DataArguments:
         default=None,
         metadata={"help": "Hold out this % of the training set to select the best epoch on (never the test set)."},
     )
-    split_seed: int = field(default=0, metadata={"help": "Seed of the long-tailed cut (0 = the published splits)."})
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the long-tailed cut and of --train_val_split (0 = the published splits)."}
+    )
     in_memory_images: bool | None = field(
         default=None,
         metadata={
             "help": "Decode the images once into memory and crop/flip/normalise whole training batches on the "
-            "training device (same augmentation as the per-sample transform). Default: on for CIFAR, off otherwise "
-            "(only 32x32 CIFAR images are supported)."
+            "training device (same augmentation as the per-sample transform). Default: on for the CIFAR "
+            "benchmarks, off otherwise (only 32x32 CIFAR images are supported)."
         },
     )
 
     def __post_init__(self):
-        spec = BENCHMARKS.get(self.dataset.lower())
+        own_data_options = {
+            "dataset_name": self.dataset_name,
+            "train_dir": self.train_dir,
+            "validation_dir": self.validation_dir,
+            "test_dir": self.test_dir,
+        }
+        if self.dataset is None and not any(own_data_options.values()):
+            self.dataset = "cifar10-lt"
+        folders = [f"--{name}" for name, value in own_data_options.items() if value and name != "dataset_name"]
+        if self.dataset is not None and folders:
+            raise ValueError(
+                f"{', '.join(folders)} are for your own data: leave --dataset ({self.dataset}) unset to use them"
+            )
+        if self.dataset is not None and self.dataset.lower() not in BENCHMARKS:
+            raise ValueError(
+                f"--dataset {self.dataset} is not a paper benchmark ({', '.join(BENCHMARKS)}): for your own data "
+                "leave --dataset unset and pass --dataset_name (Hub id or folder) or --train_dir"
+            )
+        if self.own_data and self.in_memory_images:
+            raise ValueError("in_memory_images is for the 32x32 CIFAR benchmarks: leave it unset for your own data")
+        spec = BENCHMARKS.get(self.dataset.lower()) if self.dataset else None
         if self.in_memory_images and spec is not None and spec.family != "cifar":
             raise ValueError(
                 f"in_memory_images is for the 32x32 CIFAR benchmarks; {self.dataset} uses the per-sample "
                 "'imagenet' transforms: leave in_memory_images unset."
             )
+        if not 0 <= self.few_shot_threshold <= self.many_shot_threshold:
+            raise ValueError(
+                f"--few_shot_threshold {self.few_shot_threshold} must be between 0 and --many_shot_threshold "
+                f"{self.many_shot_threshold}"
+            )
+
+    @property
+    def own_data(self) -> bool:
+        """Whether the run uses your own data (no `dataset`) rather than a paper benchmark."""
+        return self.dataset is None
 
     def uses_in_memory_images(self, family: str) -> bool:
-        """Whether the splits are decoded once (`in_memory_images`, by default on for the cifar family)."""
-        return family == "cifar" if self.in_memory_images is None else self.in_memory_images
+        """Whether the splits are decoded once (`in_memory_images`, by default on for the CIFAR benchmarks)."""
+        if self.in_memory_images is None:
+            return family == "cifar" and not self.own_data
+        return self.in_memory_images
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What `build_model` builds: from `source` ("new", "mislas": a MiSLAS checkpoint, "resnet": a transformers
+    ResNet checkpoint), the backbone and its options after `ModelArguments` and the checkpoint's config are
+    reconciled, and the pretrained image processor's normalisation (None: the family's default)."""
+
+    source: str
+    backbone: str
+    extra_block: bool
+    freeze_backbone: bool
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def family(self) -> str:
+        return BACKBONE_SPECS[self.backbone][0]
+
+
+def _checkpoint_config(path: str) -> dict:
+    """The `config.json` of a checkpoint (folder or Hub id) as a dict; `ValueError` when there is none."""
+    try:
+        return PreTrainedConfig.get_config_dict(path)[0]
+    except OSError as err:
+        raise ValueError(f"--model_name_or_path {path}: no model config found there ({err})") from err
+
+
+def _pretrained_normalization(path: str) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The image mean/std of the checkpoint's image processor, or (None, None) when it has none."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        logger.warning(f"{path} has no image processor: normalising with the family's default mean/std")
+        return None, None
+    return tuple(processor.image_mean), tuple(processor.image_std)
+
+
+def _truncates(checkpoint_backbone: str, backbone: str) -> bool:
+    """Whether `backbone` is `checkpoint_backbone` with fewer blocks in some stages (`load_resnet_backbone`)."""
+    (family, layer_type, depths, sizes), (other_family, other_type, other_depths, other_sizes) = (
+        BACKBONE_SPECS[checkpoint_backbone],
+        BACKBONE_SPECS[backbone],
+    )
+    return (family, layer_type, sizes) == (other_family, other_type, other_sizes) and all(
+        ours <= theirs for ours, theirs in zip(other_depths, depths)
+    )
+
+
+def plan_model(model_args: ModelArguments, stage: str = "1") -> ModelPlan:
+    """Reconcile the backbone options with the checkpoint of `model_name_or_path`, before any data or model is
+    loaded. A new model takes `backbone` (resnet32 by default); `freeze_backbone` without pretrained weights is
+    refused. A MiSLAS checkpoint keeps its backbone (another `backbone` is refused, naming both); `extra_block` and
+    `freeze_backbone` given here override the checkpoint's, with a warning naming both values. A transformers
+    ResNet (`model_type: resnet`) gives the backbone of its architecture (`backbone_of_resnet_config`) and its image
+    processor's mean/std; it is refused for stage 2 and any other model type is refused naming it."""
+    path = model_args.model_name_or_path
+    extra_block, freeze_backbone = model_args.extra_block, model_args.freeze_backbone
+    if not path:
+        if freeze_backbone:
+            raise ValueError(
+                "freeze_backbone needs pretrained weights: with a random backbone it would train a classifier on "
+                "random features. Pass --model_name_or_path (e.g. microsoft/resnet-50) or set freeze_backbone false"
+            )
+        return ModelPlan("new", model_args.backbone or "resnet32", bool(extra_block), False)
+    config = _checkpoint_config(path)
+    model_type = config.get("model_type")
+    if model_type == MislasConfig.model_type:
+        backbone = config.get("backbone", "resnet32")
+        if model_args.backbone is not None and model_args.backbone != backbone:
+            raise ValueError(
+                f"--backbone {model_args.backbone} conflicts with {path}, a {backbone} model: leave backbone unset "
+                f"or set it to {backbone}"
+            )
+        for name, value in (("extra_block", extra_block), ("freeze_backbone", freeze_backbone)):
+            if value is not None and value != config.get(name, False):
+                logger.warning(f"{name}={value} (given) overrides {name}={config.get(name, False)} of {path}")
+        extra_block = config.get("extra_block", False) if extra_block is None else extra_block
+        freeze_backbone = config.get("freeze_backbone", False) if freeze_backbone is None else freeze_backbone
+        return ModelPlan("mislas", backbone, extra_block, freeze_backbone)
+    if model_type != "resnet":
+        raise ValueError(
+            f"--model_name_or_path {path} is a model of type '{model_type}': pass a MiSLAS model or a transformers "
+            "ResNet (model_type 'resnet', e.g. microsoft/resnet-50)"
+        )
+    if stage == "2":
+        raise ValueError(
+            f"--stage 2 starts from a MiSLAS stage-1 model, and {path} is a transformers ResNet: run stage 1 from it "
+            "first (--stage 1 or both)"
+        )
+    backbone = backbone_of_resnet_config(config)
+    if model_args.backbone is not None and model_args.backbone != backbone:
+        if not _truncates(backbone, model_args.backbone):
+            raise ValueError(
+                f"--backbone {model_args.backbone} conflicts with {path}, a {backbone}: leave backbone unset or set "
+                f"it to {backbone}"
+            )
+        backbone = model_args.backbone
+    mean, std = _pretrained_normalization(path)
+    return ModelPlan("resnet", backbone, bool(extra_block), bool(freeze_backbone), mean, std)
 
 
 def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()):
@@ -153,19 +348,59 @@ def stage_arguments(args: MislasTrainingArguments, stage: int) -> MislasTraining
     )
 
 
-def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments):
-    """The benchmark with transforms set, plus the held-out validation split when asked for. With in-memory images
-    (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split then yields raw uint8
-    images, which the trainer augments on its device (`train_batch_augmentation`)."""
-    benchmark = load_benchmark(
+def load_data(data_args: DataArguments, family: str):
+    """The paper benchmark named by `data_args.dataset`, or your own data as it is (`load_own_dataset`, transforms of
+    the backbone's `family`), as a `LongTailedBenchmark` with `train` and `test` splits."""
+    if data_args.own_data:
+        benchmark = load_own_dataset(
+            dataset_name=data_args.dataset_name,
+            train_dir=data_args.train_dir,
+            validation_dir=data_args.validation_dir,
+            test_dir=data_args.test_dir,
+            image_column=data_args.image_column_name,
+            label_column=data_args.label_column_name,
+            family=family,
+            train_val_split=data_args.train_val_split,
+            imbalance_factor=data_args.imbalance_factor,
+            seed=data_args.split_seed,
+        )
+        if benchmark.kept_whole_classes:
+            names = [benchmark.class_names[c] for c in benchmark.kept_whole_classes]
+            logger.warning(
+                f"classes {names} are too small to give an image to the held-out evaluation split "
+                f"(--train_val_split {data_args.train_val_split}): they stay whole in the training set"
+            )
+        logger.info(
+            f"{benchmark.name}: {len(benchmark.class_names)} classes, {sum(benchmark.class_counts)} training images "
+            f"(per class {benchmark.class_counts}), evaluated on the {benchmark.evaluation_split} split "
+            f"({len(benchmark.splits['test'])} images)"
+        )
+        return benchmark
+    if data_args.train_val_split is not None:
+        raise ValueError("--train_val_split is for your own data: the paper benchmarks have their test split")
+    return load_benchmark(
         data_args.dataset,
-        imbalance_factor=data_args.imbalance_factor,
+        imbalance_factor=100 if data_args.imbalance_factor is None else data_args.imbalance_factor,
         dataset_name=data_args.dataset_name,
         data_dir=data_args.data_dir,
         train_list=data_args.train_list,
         test_list=data_args.test_list,
         seed=data_args.split_seed,
     )
+
+
+def preprocessing(data_args: DataArguments, benchmark, plan: ModelPlan) -> dict:
+    """`image_size`, `mean`, `std` for `make_transform` / `make_image_processor`: the benchmark's normalisation, or
+    for your own data the pretrained backbone's image processor's (None: the family's default)."""
+    mean, std = (plan.mean, plan.std) if data_args.own_data else (benchmark.mean, benchmark.std)
+    return dict(image_size=data_args.image_size, mean=mean, std=std)
+
+
+def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments, plan: ModelPlan):
+    """The data with transforms set, plus the held-out validation split when asked for. With in-memory images
+    (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split then yields raw uint8
+    images, which the trainer augments on its device (`train_batch_augmentation`)."""
+    benchmark = load_data(data_args, plan.family)
     train, test = benchmark.splits["train"], benchmark.splits["test"]
     validation = None
     if data_args.validation_split_percentage:
@@ -189,9 +424,9 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
             validation = decode_cifar_images(validation) if validation is not None else None
         train_transform, eval_transform = InMemoryCifarTransform(train=True), InMemoryCifarTransform(train=False)
     else:
-        normalization = dict(mean=benchmark.mean, std=benchmark.std)
-        train_transform = make_transform(benchmark.family, train=True, **normalization)
-        eval_transform = make_transform(benchmark.family, train=False, **normalization)
+        options = preprocessing(data_args, benchmark, plan)
+        train_transform = make_transform(benchmark.family, train=True, **options)
+        eval_transform = make_transform(benchmark.family, train=False, **options)
     train.set_transform(train_transform)
     test.set_transform(eval_transform)
     if validation is not None:
@@ -205,38 +440,57 @@ def train_batch_augmentation(data_args: DataArguments, benchmark):
     return augment_cifar_batch if data_args.uses_in_memory_images(benchmark.family) else None
 
 
-def build_model(model_args: ModelArguments, benchmark, counts: list[int]) -> MislasForImageClassification:
-    """A new stage-1 model for the benchmark (or one started from `model_name_or_path`)."""
+def group_options(data_args: DataArguments, benchmark) -> dict:
+    """The config entries that define Many/Medium/Few: the benchmark's class-index boundaries, or for your own
+    data (no boundaries) the count thresholds."""
+    return dict(
+        class_group_boundaries=benchmark.class_group_boundaries,
+        many_shot_threshold=data_args.many_shot_threshold,
+        few_shot_threshold=data_args.few_shot_threshold,
+    )
+
+
+def build_model(
+    model_args: ModelArguments, plan: ModelPlan, benchmark, counts: list[int], data_args: DataArguments
+) -> MislasForImageClassification:
+    """The stage-1 model of `plan`: new, from a MiSLAS checkpoint (its classifier replaced when the classes differ),
+    or a new model whose backbone is a transformers ResNet checkpoint's (`load_resnet_backbone`; new classifier)."""
     labels = dict(enumerate(benchmark.class_names))
     config_kwargs = dict(
         num_labels=len(labels),
         id2label=labels,
         class_counts=counts,
-        class_group_boundaries=benchmark.class_group_boundaries,
+        extra_block=plan.extra_block,
+        freeze_backbone=plan.freeze_backbone,
+        **group_options(data_args, benchmark),
     )
-    if model_args.model_name_or_path:
+    if plan.source == "mislas":
         return MislasForImageClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **config_kwargs
         )
-    config = MislasConfig(
-        backbone=model_args.backbone,
-        extra_block=model_args.extra_block,
-        freeze_backbone=model_args.freeze_backbone,
-        **config_kwargs,
-    )
-    return MislasForImageClassification(config)
+    model = MislasForImageClassification(MislasConfig(backbone=plan.backbone, **config_kwargs))
+    if plan.source == "resnet":
+        resnet = ResNetModel.from_pretrained(model_args.model_name_or_path)
+        left_out = load_resnet_backbone(model.mislas, resnet)
+        if left_out:
+            logger.warning(
+                f"{plan.backbone} has fewer blocks than {model_args.model_name_or_path}: "
+                f"{len(left_out)} tensors of the checkpoint are not used, e.g. resnet.{left_out[0]}"
+            )
+    return model
 
 
-def load_stage1_model(path: str, benchmark, counts: list[int]) -> MislasForImageClassification:
-    """The stage-1 model stage 2 starts from, checked against the benchmark before any compute is spent."""
+def load_stage1_model(path: str, benchmark, counts: list[int], data_args: DataArguments) -> MislasForImageClassification:
+    """The stage-1 model stage 2 starts from, checked against the data before any compute is spent."""
     model = MislasForImageClassification.from_pretrained(path)
     if model.config.num_labels != len(benchmark.class_names):
         raise ValueError(
             f"The stage-1 model {path} has {model.config.num_labels} classes but {benchmark.name} has "
-            f"{len(benchmark.class_names)}: pass a stage-1 model trained on this benchmark (--model_name_or_path)."
+            f"{len(benchmark.class_names)}: pass a stage-1 model trained on this data (--model_name_or_path)."
         )
     model.config.class_counts = counts
-    model.config.class_group_boundaries = benchmark.class_group_boundaries
+    for name, value in group_options(data_args, benchmark).items():
+        setattr(model.config, name, value)
     return model
 
 
@@ -263,14 +517,17 @@ def report(trainer: Trainer, test_dataset, output_dir: str, benchmark, config_ya
             output_dir,
             model_config=model.config,
             metrics=metrics,
-            dataset_id=BENCHMARKS[benchmark.name].hub_id or benchmark.name,
+            dataset_id=benchmark.dataset_id or benchmark.name,
             dataset_name=benchmark.name
             + (f" (imbalance factor {benchmark.imbalance_factor:g})" if benchmark.imbalance_factor else ""),
             model_id=model_id,
             training_config_yaml=config_yaml,
             diagram_filename=DIAGRAM_FILENAME,
-            paper_metrics=PAPER_RESULTS.get((benchmark.name, benchmark.imbalance_factor)),
-            provenance=f"Measured by mislas_hf on the {benchmark.name} test split ({len(correct)} images).",
+            paper_metrics=PAPER_RESULTS.get((benchmark.name, benchmark.imbalance_factor))
+            if benchmark.name in BENCHMARKS
+            else None,
+            provenance=f"Measured by mislas_hf on the {benchmark.evaluation_split} split of {benchmark.name} "
+            f"({len(correct)} images).",
         )
     trainer.accelerator.wait_for_everyone()
     return metrics
@@ -329,19 +586,20 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     if args.stage == "2" and not model_args.model_name_or_path:
         raise ValueError("--stage 2 needs --model_name_or_path: the stage-1 model (folder or Hub id) to start from.")
     set_seed(args.seed)
-    benchmark, counts, train_set, validation, test = load_splits(data_args, args)
-    image_processor = make_image_processor(benchmark.family, mean=benchmark.mean, std=benchmark.std)
+    plan = plan_model(model_args, args.stage)
+    benchmark, counts, train_set, validation, test = load_splits(data_args, args, plan)
+    image_processor = make_image_processor(benchmark.family, **preprocessing(data_args, benchmark, plan))
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     results = {}
     stage2_start = os.path.join(args.output_dir, "stage1") if args.stage == "both" else model_args.model_name_or_path
     if args.stage == "2":
-        load_stage1_model(stage2_start, benchmark, counts)  # fail early on a mismatched checkpoint
+        load_stage1_model(stage2_start, benchmark, counts, data_args)  # fail early on a mismatched checkpoint
     for stage in stages:
         set_seed(args.seed)
         if stage == 1:
-            model = build_model(model_args, benchmark, counts)
+            model = build_model(model_args, plan, benchmark, counts, data_args)
         else:
-            model = load_stage1_model(stage2_start, benchmark, counts)
+            model = load_stage1_model(stage2_start, benchmark, counts, data_args)
         results[f"stage{stage}"] = run_stage(
             stage,
             model,
@@ -370,7 +628,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
 
 def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArguments):
     """Evaluate a saved model (folder or Hub id) on the benchmark's test split: metrics, diagram, card."""
-    benchmark, counts, _, _, test = load_splits(data_args, args)
+    plan = plan_model(ModelArguments(model_name_or_path=model_path), stage="2")
+    benchmark, counts, _, _, test = load_splits(data_args, args, plan)
     model = MislasForImageClassification.from_pretrained(model_path)
     if model.config.num_labels != len(benchmark.class_names):
         raise ValueError(
@@ -385,12 +644,19 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
     trainer = Trainer(
         model=model,
         args=eval_args,
-        compute_metrics=compute_metrics(model.config.class_counts, model.config.class_group_boundaries),
+        compute_metrics=compute_metrics(
+            model.config.class_counts,
+            model.config.class_group_boundaries,
+            many_threshold=model.config.many_shot_threshold,
+            few_threshold=model.config.few_shot_threshold,
+        ),
     )
     metrics = report(trainer, test, args.output_dir, benchmark, None, model_id=args.hub_model_id or model_path)
     if args.push_to_hub and args.process_index == 0:
         model.save_pretrained(args.output_dir)
-        make_image_processor(benchmark.family, mean=benchmark.mean, std=benchmark.std).save_pretrained(args.output_dir)
+        make_image_processor(benchmark.family, **preprocessing(data_args, benchmark, plan)).save_pretrained(
+            args.output_dir
+        )
         push_model_folder(
             args.output_dir,
             repo_id=args.hub_model_id,

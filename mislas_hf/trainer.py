@@ -200,7 +200,10 @@ class MislasTrainer(Trainer):
             raise ValueError("model.config.class_counts is unset: set it to the training set's images per class.")
         if compute_metrics is None:
             compute_metrics = calibration_compute_metrics(
-                class_counts=config.class_counts, class_group_boundaries=config.class_group_boundaries
+                class_counts=config.class_counts,
+                class_group_boundaries=config.class_group_boundaries,
+                many_threshold=config.many_shot_threshold,
+                few_threshold=config.few_shot_threshold,
             )
         if args.stage == "2":
             model.prepare_stage2(head_mode=args.head_mode, shift_bn=args.shift_bn)

@@ -348,8 +348,17 @@ def test_transforms_convert_any_mode_to_rgb_and_reject_bad_input():
     expected_rgba = (np.asarray([10, 20, 30]) / 255 - np.asarray(CIFAR_MEAN)) / np.asarray(CIFAR_STD)
     for pixels, expected in zip(out["pixel_values"], (expected_gray, expected_rgba)):
         np.testing.assert_allclose(pixels.numpy(), np.broadcast_to(expected[:, None, None], (3, 32, 32)), atol=1e-5)
-    with pytest.raises(ValueError, match="family 'imagenet'"):
-        make_transform("cifar", train=True)({"image": [gray, Image.new("L", (40, 40))], "label": [0, 0]})
+    # other sizes are brought to 32x32 (shorter side resized, centre crop), as the cifar image processor does
+    halves = np.zeros((80, 48), dtype=np.uint8)
+    halves[:, 24:] = 255  # left half black, right half white; 48 wide -> 32 wide, 80 high -> 53 high, crop 32
+    out = make_transform("cifar", train=False)({"image": [Image.new("L", (40, 24), 100), Image.fromarray(halves)],
+                                                 "label": [0, 0]})
+    np.testing.assert_allclose(out["pixel_values"][0].numpy(), np.broadcast_to(expected_gray[:, None, None], (3, 32, 32)),
+                               atol=1e-5)
+    restored = out["pixel_values"][1].numpy() * np.asarray(CIFAR_STD)[:, None, None] + np.asarray(CIFAR_MEAN)[:, None, None]
+    assert restored.shape == (3, 32, 32)
+    np.testing.assert_allclose(restored[:, :, :14], 0.0, atol=1e-4)
+    np.testing.assert_allclose(restored[:, :, 18:], 1.0, atol=1e-4)
     with pytest.raises(ValueError, match="family='svhn'"):
         make_transform("svhn", train=True)
     with pytest.raises(ValueError, match="column 'image'"):

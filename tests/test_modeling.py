@@ -192,7 +192,8 @@ def test_save_and_load_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"backbone": "resnet18"}, "backbone"),
+        ({"backbone": "resnet200"}, "backbone"),
+        ({"few_shot_threshold": 120}, "few_shot_threshold"),
         ({"class_counts": [5, 4, 3]}, "class_counts"),
         ({"class_counts": [5, 4, 3, 2, 1, 1, 1, 1, 1, -1]}, "class_counts"),
         ({"head_mode": "tau-norm"}, "head_mode"),

@@ -184,9 +184,9 @@ def test_multistep_schedule_matches_the_reference_epochs():
 
 def test_stage2_batches_are_class_balanced(cifar10_dir, tmp_path):
     model_args, data_args, training_args, _ = parse_arguments(quick_run_flags(cifar10_dir, tmp_path))
-    from mislas_hf.run import load_splits, stage_arguments
+    from mislas_hf.run import load_splits, plan_model, stage_arguments
 
-    benchmark, counts, train_set, _, _ = load_splits(data_args, training_args)
+    benchmark, counts, train_set, _, _ = load_splits(data_args, training_args, plan_model(model_args))
     trainer = MislasTrainer(
         model=MislasForImageClassification(MislasConfig(num_labels=10, class_counts=counts)),
         args=stage_arguments(training_args, 2),

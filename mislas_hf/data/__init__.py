@@ -1,6 +1,7 @@
 """Long-tailed data for MiSLAS as `datasets.Dataset` objects.
 
 * `benchmarks`: the paper's benchmarks by name (CIFAR-LT cut, ImageNet-LT / Places-LT / iNaturalist split lists).
+* `own`: your own data as it is (any `datasets` source or imagefolders; natural class counts; held-out split).
 * `labels`: labels and class counts read without decoding images; class-proportional subsets.
 * `transforms`: training / evaluation transforms per family, the in-memory CIFAR path.
 * `image_processing`: normalisation statistics and the image processor saved with a model.
@@ -34,6 +35,7 @@ from .image_processing import (
     preprocessing_of,
 )
 from .labels import class_counts, dataset_labels, label_feature, stratified_holdout, subset
+from .own import check_images_decode, load_own_dataset
 from .transforms import (
     CIFAR_CROP_PADDING,
     CIFAR_IMAGE_SHAPE,
@@ -62,6 +64,7 @@ __all__ = [
     "InMemoryCifarTransform",
     "LongTailedBenchmark",
     "augment_cifar_batch",
+    "check_images_decode",
     "class_counts",
     "class_order_by_count",
     "dataset_labels",
@@ -69,6 +72,7 @@ __all__ = [
     "label_feature",
     "load_benchmark",
     "load_list_file_dataset",
+    "load_own_dataset",
     "long_tailed_class_counts",
     "make_image_processor",
     "make_long_tailed",

@@ -323,6 +323,10 @@ class LongTailedBenchmark:
     training images per class. `class_group_boundaries`: `(a, b)`, the reference's Many = [0, a), Medium = [a, b),
     Few = [b, K) class-index split (see `BENCHMARKS`). `imbalance_factor` is None for list-file benchmarks.
     `mean`/`std`: the normalisation the reference uses when it is not the family's default (iNaturalist 2018).
+    Your own data (`own.load_own_dataset`) has no `class_group_boundaries` (Many/Medium/Few follow count thresholds);
+    `dataset_id` is the Hub id of the source (None for local files), `evaluation_split` says what `test` holds (the
+    source's `test` or `validation` split, or a held-out fraction of the training set) and `kept_whole_classes` the
+    classes too small to give an image to that held-out part.
     """
 
     name: str
@@ -334,6 +338,9 @@ class LongTailedBenchmark:
     imbalance_factor: float | None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    dataset_id: str | None = None
+    evaluation_split: str = "test"
+    kept_whole_classes: tuple[int, ...] = ()
 
 
 def _canonical_columns(split: datasets.Dataset, spec: BenchmarkSpec, source: str) -> datasets.Dataset:
@@ -438,4 +445,5 @@ def load_benchmark(
         imbalance_factor=factor,
         mean=spec.mean,
         std=spec.std,
+        dataset_id=spec.hub_id,
     )

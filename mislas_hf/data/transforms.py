@@ -28,7 +28,7 @@ def _to_float_tensor(image) -> torch.Tensor:
 class BatchImageTransform:
     """Callable for `Dataset.set_transform`: a batch dict -> `{"pixel_values": [CHW float32], "labels": [int]}`.
 
-    `per_image` (optional) maps one `(1, C, H, W)` image to a fixed size (for images of different sizes);
+    `per_image` maps one `(1, C, H, W)` image to a fixed size (so images of different sizes stack);
     `batch_ops` then runs on the stacked batch. Both are kornia modules drawing their randomness from torch's global
     RNG, per sample (DataLoader workers seed it). Build it with `make_transform`.
     """
@@ -56,18 +56,30 @@ class BatchImageTransform:
         images = [_to_float_tensor(image) for image in batch[self.image_column]]
         if self.per_image is not None:
             images = [self.per_image(image[None])[0] for image in images]
-        sizes = {tuple(image.shape[1:]) for image in images}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"images of sizes {sorted(sizes)} in one batch: the 'cifar' transform expects equal-sized (32x32) "
-                f"images; use family 'imagenet' for images of varying size"
-            )
         with torch.no_grad():
             pixel_values = self.batch_ops(torch.stack(images))
         return {
             "pixel_values": list(pixel_values.unbind(0)),
             "labels": [int(label) for label in batch[self.label_column]],
         }
+
+
+class FitToSquare(torch.nn.Module):
+    """Resize the shorter side of a `(1, C, H, W)` image to `size` (antialiased bilinear) and centre-crop
+    `size x size`, as the cifar-family image processor does; an image already `size x size` passes unchanged (the
+    CIFAR benchmarks' 32x32 images). Lets the CIFAR ResNet-32 train on your own images of any size."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.resize_and_crop = torch.nn.Sequential(
+            K.Resize(size, side="short", antialias=True, align_corners=False), K.CenterCrop(size)
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == (self.size, self.size):
+            return image
+        return self.resize_and_crop(image)
 
 
 def make_transform(
@@ -82,7 +94,8 @@ def make_transform(
     """The reference's image transform of `family` ("cifar" or "imagenet"), for `Dataset.set_transform`.
 
     cifar (reference `datasets/cifar10.py`): train = RandomCrop `image_size` (32) with 4-pixel zero padding,
-    horizontal flip (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only.
+    horizontal flip (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only. Images of another size
+    are first brought to `image_size` (`FitToSquare`: shorter side resized, centre crop), as the image processor does.
     imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): train =
     RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip,
     ColorJitter(0.4, 0.4, 0.4, hue 0), normalise; eval = resize the shorter side to `image_size * RESIZE_RATIO`
@@ -93,7 +106,7 @@ def make_transform(
     size, mean, std = preprocessing_of(family, image_size, mean, std)
     normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
     if family == "cifar":
-        per_image = None
+        per_image = FitToSquare(size)
         if train:
             batch_ops = torch.nn.Sequential(
                 K.RandomCrop((size, size), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
