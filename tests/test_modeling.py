@@ -116,6 +116,39 @@ def test_logits_are_float32_under_bf16_autocast():
     assert torch.allclose(logits.double(), expected, atol=1e-5)  # a bf16 product is off by ~1e-2 here
 
 
+@pytest.mark.parametrize(
+    "cast, dtype, tolerance",
+    [
+        (lambda model: model.double(), torch.float64, 1e-5),
+        (lambda model: model.half(), torch.float16, 5e-2),
+        (lambda model: model.to(torch.bfloat16), torch.bfloat16, 3e-1),
+    ],
+)
+def test_a_cast_model_runs_in_its_dtype_end_to_end(cast, dtype, tolerance):
+    model = cifar_model().eval()
+    _random_head_state(model)
+    pixel_values = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(pixel_values).logits.double()
+        outputs = cast(model)(pixel_values.to(dtype), labels=torch.tensor([0, 1, 2, 3]))
+    assert outputs.logits.dtype == dtype and outputs.loss.dtype == torch.float32
+    assert (outputs.logits.double() - reference).abs().max().item() < tolerance * reference.abs().max().item()
+
+
+def test_from_pretrained_in_half_precision_runs_in_half_precision(tmp_path):
+    model = cifar_model().eval()
+    _random_head_state(model)
+    model.save_pretrained(tmp_path)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    reloaded = MislasForImageClassification.from_pretrained(tmp_path, dtype=torch.float16).eval()
+    assert reloaded.classifier.weight.dtype == torch.float16
+    with torch.no_grad():
+        reference = model(pixel_values).logits
+        logits = reloaded(pixel_values.half()).logits
+    assert logits.dtype == torch.float16
+    assert (logits.float() - reference).abs().max().item() < 5e-2 * reference.abs().max().item()
+
+
 def test_stage2_starts_from_the_stage1_classifier():
     # Eq. (4) at the start of stage 2: s = 1 and ΔW = 0, so the logits are the stage-1 linear classifier W f + b on
     # the pooled features, computed here from the hidden states and the stage-1 weights saved before the switch.
