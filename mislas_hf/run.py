@@ -370,6 +370,11 @@ def load_data(data_args: DataArguments, family: str):
                 f"classes {names} are too small to give an image to the held-out evaluation split "
                 f"(--train_val_split {data_args.train_val_split}): they stay whole in the training set"
             )
+        if data_args.train_val_split is not None and benchmark.evaluation_split in ("test", "validation"):
+            logger.warning(
+                f"--train_val_split {data_args.train_val_split} is not used: {benchmark.name} has a "
+                f"{benchmark.evaluation_split} split to evaluate on"
+            )
         logger.info(
             f"{benchmark.name}: {len(benchmark.class_names)} classes, {sum(benchmark.class_counts)} training images "
             f"(per class {benchmark.class_counts}), evaluated on the {benchmark.evaluation_split} split "

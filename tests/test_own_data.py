@@ -143,14 +143,14 @@ def test_imagefolder_run_keeps_the_folder_counts_and_groups_by_thresholds(imagef
     assert results["stage2"]["eval_ece"] == eval_results["eval_ece"]
 
 
-def test_imagefolder_card_reports_ece_and_the_thresholds(imagefolder_run):
+def test_imagefolder_card_reports_ece_and_the_thresholds(imagefolder_run, own_imagefolder):
     output_dir, _ = imagefolder_run
     card = (output_dir / "stage2" / "README.md").read_text()
     ece = json.loads((output_dir / "stage2" / "eval_results.json").read_text())["eval_ece"]
     assert f"{100 * ece:.2f}" in card
     assert "type: ece" in card
     assert f"Many > {MANY}, Medium {FEW}-{MANY}, Few < {FEW}" in card
-    assert "test split of train" in card  # provenance names the evaluation split and the source folder
+    assert f"test split of {own_imagefolder.name} " in card  # provenance: the evaluation split and the data folder
 
 
 def test_pipeline_on_a_training_file_returns_the_folder_class_names(imagefolder_run, own_imagefolder):

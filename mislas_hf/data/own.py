@@ -49,7 +49,9 @@ def _load_raw(
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"{split}_dir {folder}: folder not found; pass a folder of class sub-folders")
         data_files = {split: os.path.join(folder, "**") for split, folder in given.items()}
-        return datasets.load_dataset("imagefolder", data_files=data_files), Path(train_dir).resolve().name
+        train_folder = Path(train_dir).resolve()
+        name = train_folder.parent.name if train_folder.name.lower() in ("train", "training") else train_folder.name
+        return datasets.load_dataset("imagefolder", data_files=data_files), name
     source = dataset_name
     if source.startswith(("/", ".", "~")):
         if not Path(source).expanduser().is_dir():
