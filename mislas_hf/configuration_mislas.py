@@ -12,7 +12,15 @@ BACKBONES = {
     "resnet50": ("imagenet", "bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048)),
     "resnet101": ("imagenet", "bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048)),
     "resnet152": ("imagenet", "bottleneck", (3, 8, 36, 3), (256, 512, 1024, 2048)),
+    # Places-LT: the reference's `resnet152_fe` (after OLTR, Liu et al. 2019), ResNet-152 without its last block
+    # layer4.2, in whose place the reference trains a new bottleneck (`MislasConfig.extra_block`).
+    "resnet152_places": ("imagenet", "bottleneck", (3, 8, 36, 2), (256, 512, 1024, 2048)),
 }
+
+# Backbones that start from the ImageNet weights of a deeper network: name -> that network. Its blocks beyond this
+# backbone's depths (for `resnet152_places`: layer4.2) are dropped, as the reference drops them from torchvision's
+# ResNet-152 weights.
+PRETRAINED_SOURCE = {"resnet152_places": "resnet152"}
 
 IMAGENET_STEM_CHANNELS = 64
 """Output channels of the 7x7 stem convolution of every ImageNet-family backbone (`ResNetConfig.embedding_size`)."""
@@ -60,8 +68,10 @@ class MislasConfig(PreTrainedConfig):
     Args:
         backbone (`str`, defaults to `"resnet32"`):
             One of `resnet32` (CIFAR ResNet of He et al., 3x3 stem, option-A shortcuts) or `resnet10`, `resnet18`,
-            `resnet34`, `resnet50`, `resnet101`, `resnet152` (torchvision-layout ResNets for ImageNet-LT, Places-LT,
-            iNaturalist 2018 and transformers ResNet checkpoints such as microsoft/resnet-50).
+            `resnet34`, `resnet50`, `resnet101`, `resnet152` (torchvision-layout ResNets for ImageNet-LT, iNaturalist 2018
+            and transformers ResNet checkpoints such as microsoft/resnet-50), and `resnet152_places`, ResNet-152
+            without its last block `layer4.2` (layers [3, 8, 36, 2]): the reference's Places-LT backbone, used with
+            `extra_block`.
         class_counts (`list[int]`, *optional*):
             Training images per class, in label order. Needed by label-aware smoothing (Eq. 3) and by the
             Many/Medium/Few metrics; saved with the model so evaluation of a published checkpoint uses them.
@@ -85,8 +95,9 @@ class MislasConfig(PreTrainedConfig):
         stage (`int`, defaults to 1):
             Training stage the weights come from (1: representation learning, 2: classifier learning).
         extra_block (`bool`, defaults to `False`):
-            Adds one bottleneck block (2048 -> 512 -> 2048) on the backbone's last feature map before pooling, as
-            the reference does for Places-LT.
+            Adds one bottleneck block (2048 -> 512 -> 2048, stride 1) on the backbone's last feature map before
+            pooling, initialised as PyTorch initialises a new `Conv2d` and `BatchNorm2d`: the block the reference
+            trains for Places-LT in the place of ResNet-152's `layer4.2` (backbone `resnet152_places`).
         freeze_backbone (`bool`, defaults to `False`):
             Keeps the (ImageNet-pretrained) backbone frozen in both stages, so that only the extra block and the
             classifier train: the reference's Places-LT recipe.
@@ -155,4 +166,4 @@ class MislasConfig(PreTrainedConfig):
         return BACKBONES[self.backbone][3]
 
 
-__all__ = ["MislasConfig", "BACKBONES", "HEAD_MODES", "backbone_of_resnet_config"]
+__all__ = ["MislasConfig", "BACKBONES", "HEAD_MODES", "PRETRAINED_SOURCE", "backbone_of_resnet_config"]

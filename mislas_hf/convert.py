@@ -1,14 +1,23 @@
-"""Convert official MiSLAS checkpoints (dvlab-research/MiSLAS, `*.pth.tar`) into `save_pretrained` folders.
+"""Convert official MiSLAS checkpoints (dvlab-research/MiSLAS, `*.pth.tar`) and torchvision ImageNet backbones into
+`save_pretrained` folders.
 
     python -m mislas_hf.convert --checkpoint model_best.pth.tar --dataset cifar10-lt --stage 2 --output_dir DIR \
         [--imbalance_factor 100] [--train_list Places_LT_train.txt] [--push_to_hub ORG/NAME]
+    python -m mislas_hf.convert --backbone_checkpoint resnet152-f82ba261.pth --dataset places-lt --output_dir DIR
 
 The reference training scripts save a dict with `epoch`, `best_acc1`, `its_ece`, `state_dict_model` (the backbone,
 keys prefixed `module.` by DataParallel / DDP), `state_dict_classifier` (`fc.weight` [K, M], `fc.bias` [K]), in
 stage 2 `state_dict_lws_model` (`learned_norm` [1, K], the scale s) and for Places-LT `state_dict_block` (one
 bottleneck 2048 -> 512 -> 2048 on the last feature map). Stage-2 logits are `learned_norm * fc(features)`; the
 reference trains `fc.weight` directly, so it already is W + ΔW of Eq. (4): the converted head has W = fc.weight,
-ΔW = 0, b = fc.bias, s = learned_norm (s = 1 in stage 1).
+ΔW = 0, b = fc.bias, s = learned_norm (s = 1 in stage 1). The backbone's depth is read from the checkpoint's keys:
+ImageNet-LT checkpoints may be ResNet-50, -101 or -152 (paper Table 7); Places-LT's is `resnet152_places`, ResNet-152
+without `layer4.2` (the reference's `resnet152_fe`), whose place the extra block takes.
+
+`--backbone_checkpoint` converts a torchvision ResNet state dict (`torchvision.models.resnet152(weights=...)
+.state_dict()` saved with `torch.save`) into the starting point of stage 1: the backbone's weights only, without
+torchvision's `fc` and without the blocks the benchmark's backbone lacks (for Places-LT: `layer4.2`, as the reference
+drops it). Training from that folder (`--model_name_or_path`) initialises the classifier and the extra block itself.
 
 Every tensor is checked (names, shapes, finiteness) and loaded in memory first; the folder (weights as safetensors,
 config, code files, image processor, model card) is written into a temporary folder beside `output_dir` and moved
@@ -30,14 +39,14 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .configuration_mislas import MislasConfig
+from .configuration_mislas import BACKBONES, PRETRAINED_SOURCE, MislasConfig
 from .data import BENCHMARKS, class_order_by_count, long_tailed_class_counts, make_image_processor, read_list_file
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification
@@ -59,7 +68,7 @@ class ReferenceSetting:
     """How the reference trains one benchmark: backbone, classes, and its Many / Medium / Few index split
     (`head/med/tail_class_idx` of its configs)."""
 
-    backbone: str
+    backbones: tuple[str, ...]  # the reference's backbones for the benchmark; the first is its default
     dataset_name: str
     cifar_images_per_class: int | None = None  # CIFAR: images per class before the long-tailed cut
     class_names: tuple[str, ...] | None = None
@@ -68,11 +77,11 @@ class ReferenceSetting:
 
 
 SETTINGS = {
-    "cifar10-lt": ReferenceSetting("resnet32", "CIFAR-10-LT", 5000, CIFAR10_CLASSES),
-    "cifar100-lt": ReferenceSetting("resnet32", "CIFAR-100-LT", 500, CIFAR100_CLASSES),
-    "imagenet-lt": ReferenceSetting("resnet50", "ImageNet-LT"),
-    "inat2018": ReferenceSetting("resnet50", "iNaturalist 2018"),
-    "places-lt": ReferenceSetting("resnet152", "Places-LT", extra_block=True, freeze_backbone=True),
+    "cifar10-lt": ReferenceSetting(("resnet32",), "CIFAR-10-LT", 5000, CIFAR10_CLASSES),
+    "cifar100-lt": ReferenceSetting(("resnet32",), "CIFAR-100-LT", 500, CIFAR100_CLASSES),
+    "imagenet-lt": ReferenceSetting(("resnet50", "resnet101", "resnet152"), "ImageNet-LT"),
+    "inat2018": ReferenceSetting(("resnet50",), "iNaturalist 2018"),
+    "places-lt": ReferenceSetting(("resnet152_places",), "Places-LT", extra_block=True, freeze_backbone=True),
 }
 """How the reference trains each benchmark, by the `--dataset` name; classes, Hub id and the Many/Medium/Few split
 come from `mislas_hf.data.BENCHMARKS`."""
@@ -235,6 +244,48 @@ def check_sections(checkpoint: Mapping, extra_block: bool, stage: int, path="che
     return wanted
 
 
+def _mismatches(expected: Mapping, tensors: Mapping, ours: Mapping, ignored: set = frozenset()) -> list[str]:
+    """What keeps `tensors` ({(section, name): tensor}) from filling `expected` ({(section, name): our key}), as
+    report lines: missing names (BN `num_batches_tracked` may be absent), unexpected names other than `ignored`, wrong
+    shapes (the reference's `learned_norm` is `[1, K]`), NaN or inf. Empty when everything matches."""
+
+    def named(section, key):
+        return f"{section}: {key}" if section else key
+
+    missing = [
+        named(section, key) for section, key in expected
+        if (section, key) not in tensors and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [named(section, key) for section, key in sorted(set(tensors) - set(expected) - set(ignored))]
+    mismatched = []
+    for (section, key), our_key in expected.items():
+        if (section, key) not in tensors:
+            continue
+        tensor, target = tensors[section, key], ours[our_key]
+        wanted_shape = (1, target.shape[0]) if our_key == "classifier.scale" else tuple(target.shape)
+        if tuple(tensor.shape) != wanted_shape:
+            mismatched.append(f"{named(section, key)} has shape {list(tensor.shape)}, expected {list(wanted_shape)}")
+        elif tensor.is_floating_point() and not _all_finite(tensor):
+            mismatched.append(f"{named(section, key)} holds NaN or inf")
+    report = []
+    if missing:
+        report.append(f"missing keys: {_fmt(missing)}")
+    if unexpected:
+        report.append(f"unexpected keys: {_fmt(unexpected)}")
+    if mismatched:
+        report.append(f"bad tensors: {_fmt(mismatched)}")
+    return report
+
+
+def _filled(ours: Mapping, expected: Mapping, tensors: Mapping) -> dict:
+    """`ours` with every entry of `expected` that `tensors` has replaced by it (in our shape and dtype)."""
+    state = dict(ours)  # entries not in the checkpoint keep the model's values; load_state_dict copies
+    for name, our_key in expected.items():
+        if name in tensors:
+            state[our_key] = tensors[name].reshape(ours[our_key].shape).to(ours[our_key].dtype)
+    return state
+
+
 def reference_state_dict(model: MislasForImageClassification, checkpoint: Mapping, stage: int, path="checkpoint"):
     """
     Our state dict filled from a reference checkpoint (already loaded), after checking it completely.
@@ -245,50 +296,89 @@ def reference_state_dict(model: MislasForImageClassification, checkpoint: Mappin
     """
     config = model.config
     wanted = check_sections(checkpoint, config.extra_block, stage, path)
-    sections = {name: _strip_prefix(checkpoint[name], name, path) for name in wanted}
+    tensors = {
+        (name, key): tensor for name in wanted for key, tensor in _strip_prefix(checkpoint[name], name, path).items()
+    }
     ours = model.state_dict()
     expected = {}  # (section, reference name) -> our key
     for our_key in ours:
         reference = _reference_name(our_key)
         if reference is not None and not (reference[0] == LWS_SECTION and stage == 1):
             expected[reference] = our_key
-    found = {(section, key) for section, tensors in sections.items() for key in tensors}
-    missing = [
-        f"{section}: {key}" for section, key in expected if (section, key) not in found
-        and not key.endswith("num_batches_tracked")
-    ]
-    unexpected = [f"{section}: {key}" for section, key in sorted(found - set(expected))]
-    mismatched = []
-    for (section, key), our_key in expected.items():
-        if (section, key) not in found:
-            continue
-        tensor, target = sections[section][key], ours[our_key]
-        wanted_shape = (1, target.shape[0]) if our_key == "classifier.scale" else tuple(target.shape)
-        if tuple(tensor.shape) != wanted_shape:
-            mismatched.append(f"{section}: {key} has shape {list(tensor.shape)}, expected {list(wanted_shape)}")
-        elif tensor.is_floating_point() and not _all_finite(tensor):
-            mismatched.append(f"{section}: {key} holds NaN or inf")
-    if missing or unexpected or mismatched:
-        report = []
-        if missing:
-            report.append(f"missing keys: {_fmt(missing)}")
-        if unexpected:
-            report.append(f"unexpected keys: {_fmt(unexpected)}")
-        if mismatched:
-            report.append(f"bad tensors: {_fmt(mismatched)}")
+    report = _mismatches(expected, tensors, ours)
+    if report:
         raise ValueError(
             f"{path} does not match a {config.backbone} MiSLAS stage-{stage} checkpoint with {config.num_labels} "
             f"classes ({'; '.join(report)}). Check --dataset and --stage."
         )
-
-    state = dict(ours)  # entries not in the checkpoint keep the model's values; load_state_dict copies
-    for (section, key), our_key in expected.items():
-        if (section, key) in found:
-            state[our_key] = sections[section][key].reshape(ours[our_key].shape).to(ours[our_key].dtype)
+    state = _filled(ours, expected, tensors)
     state["classifier.delta_weight"] = torch.zeros_like(ours["classifier.delta_weight"])
     if stage == 1:
         state["classifier.scale"] = torch.ones_like(ours["classifier.scale"])
     return state
+
+
+def checkpoint_backbone(checkpoint: Mapping, dataset: str, path="checkpoint") -> str:
+    """The backbone of a reference checkpoint for `dataset`: the benchmark's only one, or (ImageNet-LT: ResNet-50,
+    -101 or -152, Table 7) the one whose blocks per stage the `state_dict_model` keys (`layer<s>.<b>.`) have;
+    `ValueError` naming the depths found when none has them."""
+    choices = SETTINGS[dataset].backbones
+    if len(choices) == 1:
+        return choices[0]
+    depths = {}
+    for key in _strip_prefix(checkpoint[MODEL_SECTION], MODEL_SECTION, path):
+        match = re.match(r"layer(\d+)\.(\d+)\.", key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            depths[stage] = max(depths.get(stage, 0), block + 1)
+    found = tuple(depths[stage] for stage in sorted(depths))
+    for name in choices:
+        if BACKBONES[name][2] == found:
+            return name
+    known = ", ".join(f"{name} {list(BACKBONES[name][2])}" for name in choices)
+    raise ValueError(
+        f"{path}: '{MODEL_SECTION}' has {list(found)} blocks per stage, which none of the reference's {dataset} "
+        f"backbones has ({known}). Check --dataset."
+    )
+
+
+def _dropped_blocks(backbone: str, source: str) -> tuple[str, ...]:
+    """Name prefixes (`layer<s>.<b>.`) of the blocks the network `source` has beyond `backbone`'s depths."""
+    depths, source_depths = BACKBONES[backbone][2], BACKBONES[source][2]
+    return tuple(
+        f"layer{stage + 1}.{block}."
+        for stage, (depth, source_depth) in enumerate(zip(depths, source_depths))
+        for block in range(depth, source_depth)
+    )
+
+
+def backbone_state_dict(model: MislasForImageClassification, state_dict: Mapping, path="checkpoint") -> dict:
+    """
+    The backbone entries (stem and stages) of our state dict from a torchvision ResNet state dict of the network the
+    backbone starts from (`PRETRAINED_SOURCE`, else the same depths), after checking it completely. torchvision's
+    `fc` and the blocks the backbone lacks (`resnet152_places`: `layer4.2`) are dropped, as the reference drops them;
+    BN `num_batches_tracked` may be absent (torchvision's published weights have none). `ValueError` naming every
+    missing or unexpected key and every bad tensor.
+    """
+    backbone = model.config.backbone
+    source = PRETRAINED_SOURCE.get(backbone, backbone)
+    ours = model.state_dict()
+    expected = {}  # ("", torchvision name) -> our key
+    for our_key in ours:
+        reference = _reference_name(our_key)
+        if reference is not None and reference[0] == MODEL_SECTION:
+            expected["", reference[1]] = our_key
+    tensors = {("", key): tensor for key, tensor in _strip_prefix(state_dict, "state dict", path).items()}
+    dropped = {("", "fc.weight"), ("", "fc.bias")}
+    dropped |= {name for name in tensors if name[1].startswith(_dropped_blocks(backbone, source))}
+    report = _mismatches(expected, tensors, ours, ignored=dropped)
+    if report:
+        raise ValueError(
+            f"{path} is not a torchvision {source} state dict ({'; '.join(report)}). Pass the state dict of "
+            f"torchvision.models.{source}, saved with torch.save(model.state_dict(), FILE)."
+        )
+    filled = _filled(ours, expected, tensors)
+    return {our_key: filled[our_key] for our_key in expected.values()}
 
 
 def _scalar(value) -> float | None:
@@ -358,7 +448,7 @@ def build_converted_model(
     check_sections(checkpoint, setting.extra_block, stage, path)  # before building a large model
     counts, id2label = labels
     config = MislasConfig(
-        backbone=setting.backbone,
+        backbone=checkpoint_backbone(checkpoint, dataset, path),
         num_labels=BENCHMARKS[dataset].num_classes,
         id2label=id2label,
         label2id={label: k for k, label in id2label.items()},
@@ -380,6 +470,23 @@ def _check_output_dir(output_dir: Path) -> None:
             f"output_dir {output_dir} already exists and is not an empty folder: choose a new folder (nothing was "
             f"written)"
         )
+
+
+def _write_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(folder)` on a temporary folder beside `output_dir`, then move it to `output_dir` (which must not
+    exist or be empty): the folder appears only complete, and a failure leaves nothing behind."""
+    _check_output_dir(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
+    try:
+        write(staging)
+        _check_output_dir(output_dir)
+        if output_dir.exists():
+            output_dir.rmdir()  # empty
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def convert(
@@ -429,20 +536,14 @@ def convert(
         "provenance": _provenance(checkpoint, checkpoint_path, stage, train_list is not None, dataset),
     }
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        spec = BENCHMARKS[dataset]
-        make_image_processor(model.config.family, mean=spec.mean, std=spec.std).save_pretrained(staging)
-        write_model_card(staging, **card_arguments)
-        _check_output_dir(output_dir)
-        if output_dir.exists():
-            output_dir.rmdir()  # empty
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    spec = BENCHMARKS[dataset]
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        make_image_processor(model.config.family, mean=spec.mean, std=spec.std).save_pretrained(folder)
+        write_model_card(folder, **card_arguments)
+
+    _write_folder(output_dir, write)
     if push_to_hub is not None:
         push_model_folder(
             output_dir,
@@ -452,14 +553,68 @@ def convert(
     return output_dir
 
 
+def convert_backbone(backbone_checkpoint: str | os.PathLike, dataset: str, output_dir: str | os.PathLike) -> Path:
+    """
+    Convert a torchvision ImageNet ResNet state dict into the stage-1 starting point of `dataset`: a `save_pretrained`
+    folder `output_dir` with the benchmark's reference architecture (Places-LT: `resnet152_places`, extra block,
+    frozen backbone), the backbone's weights only (see `backbone_state_dict`) and the benchmark's image processor.
+    `recipes/train.py --model_name_or_path output_dir` then initialises the classifier and the extra block with the
+    run's seed. Everything is checked before anything is written. Returns `output_dir`.
+    """
+    if dataset not in SETTINGS:
+        raise ValueError(f"dataset={dataset!r} is unknown: use one of {', '.join(SETTINGS)}")
+    setting = SETTINGS[dataset]
+    if setting.cifar_images_per_class is not None:
+        raise ValueError(
+            f"--backbone_checkpoint converts torchvision ImageNet ResNets; the reference trains {dataset}'s ResNet-32 "
+            "from scratch"
+        )
+    backbone_checkpoint, output_dir = Path(backbone_checkpoint), Path(output_dir)
+    if not backbone_checkpoint.is_file():
+        raise FileNotFoundError(
+            f"backbone checkpoint {backbone_checkpoint} not found: pass a torchvision ResNet state dict saved with "
+            "torch.save(model.state_dict(), FILE)"
+        )
+    _check_output_dir(output_dir)
+    state_dict = load_checkpoint(backbone_checkpoint)
+    if MODEL_SECTION in state_dict:
+        raise ValueError(f"{backbone_checkpoint} is a MiSLAS checkpoint, not a torchvision state dict: pass it as --checkpoint")
+    spec = BENCHMARKS[dataset]
+    config = MislasConfig(
+        backbone=setting.backbones[0],
+        num_labels=spec.num_classes,
+        class_group_boundaries=spec.class_group_boundaries,
+        extra_block=setting.extra_block,
+        freeze_backbone=setting.freeze_backbone,
+    )
+    model = MislasForImageClassification(config)
+    backbone = backbone_state_dict(model, state_dict, path=backbone_checkpoint)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, state_dict=backbone)
+        make_image_processor(config.family, mean=spec.mean, std=spec.std).save_pretrained(folder)
+
+    _write_folder(output_dir, write)
+    return output_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of `convert`."""
     parser = argparse.ArgumentParser(
-        prog="python -m mislas_hf.convert", description="Convert an official MiSLAS checkpoint (.pth.tar)."
+        prog="python -m mislas_hf.convert",
+        description="Convert an official MiSLAS checkpoint (.pth.tar), or a torchvision ResNet state dict into the "
+        "stage-1 starting point of a benchmark.",
     )
-    parser.add_argument("--checkpoint", required=True, help="the .pth.tar file saved by train_stage1/2.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="the .pth.tar file saved by train_stage1/2.py")
+    source.add_argument(
+        "--backbone_checkpoint",
+        help="a torchvision ResNet state dict (e.g. resnet152 for places-lt, whose layer4.2 is dropped)",
+    )
     parser.add_argument("--dataset", required=True, choices=list(SETTINGS), help="benchmark the checkpoint is for")
-    parser.add_argument("--stage", required=True, type=int, choices=(1, 2), help="training stage of the checkpoint")
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2), help="training stage of the checkpoint (with --checkpoint, required)"
+    )
     parser.add_argument("--output_dir", required=True, help="new folder for the converted model")
     parser.add_argument(
         "--imbalance_factor", type=float, default=None, help="CIFAR-LT only: N_max / N_min (default 100)"
@@ -470,19 +625,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME", help="also upload to this Hub repo")
     args = parser.parse_args(argv)
     try:
-        output_dir = convert(
-            args.checkpoint,
-            args.dataset,
-            args.stage,
-            args.output_dir,
-            imbalance_factor=args.imbalance_factor,
-            train_list=args.train_list,
-            push_to_hub=args.push_to_hub,
-        )
+        if args.backbone_checkpoint is not None:
+            unused = [flag for flag in ("stage", "imbalance_factor", "train_list", "push_to_hub") if getattr(args, flag)]
+            if unused:
+                raise ValueError(f"--backbone_checkpoint takes no --{', --'.join(unused)}")
+            output_dir = convert_backbone(args.backbone_checkpoint, args.dataset, args.output_dir)
+        else:
+            if args.stage is None:
+                raise ValueError("--checkpoint needs --stage 1 or 2 (the training stage that saved it)")
+            output_dir = convert(
+                args.checkpoint,
+                args.dataset,
+                args.stage,
+                args.output_dir,
+                imbalance_factor=args.imbalance_factor,
+                train_list=args.train_list,
+                push_to_hub=args.push_to_hub,
+            )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"converted {args.checkpoint} -> {output_dir}")
+    print(f"converted {args.checkpoint or args.backbone_checkpoint} -> {output_dir}")
     return 0
 
 

@@ -137,6 +137,20 @@ def load_resnet_backbone(model: "MislasModel", resnet: ResNetModel) -> list[str]
     return left_out
 
 
+class MislasExtraBlock(ResNetBottleNeckLayer):
+    """The bottleneck block (channels -> channels / 4 -> channels, stride 1, identity shortcut) that the reference
+    trains on the frozen `resnet152_places` features for Places-LT, in the place of ResNet-152's `layer4.2`. The
+    reference builds it as a new torchvision `Bottleneck(2048, 512)`, so it is initialised as PyTorch initialises a
+    new `Conv2d` and `BatchNorm2d`: its convolutions carry `pytorch_default_init`, which
+    `MislasPreTrainedModel._init_weights` reads."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, stride=1, reduction=4)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.pytorch_default_init = True
+
+
 class MislasScaledShiftClassifier(nn.Module):
     r"""
     The classifier of Eq. (4), `z = diag(s) ((r W + ΔW)^T x + b)`, with the bias inside the scaling as in the
@@ -184,14 +198,18 @@ class MislasPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mislas"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = ["MislasCifarBasicBlock", "ResNetBottleNeckLayer", "ResNetBasicLayer"]
+    _no_split_modules = ["MislasCifarBasicBlock", "ResNetBottleNeckLayer", "ResNetBasicLayer", "MislasExtraBlock"]
 
     def _init_weights(self, module):
         """Kaiming-normal convolutions (fan-in for the CIFAR net as in LDAM-DRW, fan-out for the ImageNet family as
-        in torchvision), BN at identity, and the scaled-shift head at s = 1, ΔW = 0."""
+        in torchvision), BN at identity, and the scaled-shift head at s = 1, ΔW = 0. The Places-LT extra block's
+        convolutions (`pytorch_default_init`) get PyTorch's default `Conv2d` initialisation, kaiming-uniform with
+        a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the reference."""
         cifar = self.config.family == "cifar"
         if isinstance(module, nn.Conv2d):
-            if cifar:
+            if getattr(module, "pytorch_default_init", False):
+                init.kaiming_uniform_(module.weight, a=5**0.5)
+            elif cifar:
                 init.kaiming_normal_(module.weight)
             else:
                 init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -233,7 +251,7 @@ class MislasModel(MislasPreTrainedModel):
             self.embedder = ResNetEmbeddings(resnet_config)
             self.encoder = MislasImageNetEncoder(resnet_config)
         hidden_size = config.hidden_sizes[-1]
-        self.extra_block = ResNetBottleNeckLayer(hidden_size, hidden_size) if config.extra_block else None
+        self.extra_block = MislasExtraBlock(hidden_size) if config.extra_block else None
         self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         self.features_frozen = False
         self.post_init()
@@ -353,5 +371,6 @@ __all__ = [
     "MislasModel",
     "MislasForImageClassification",
     "MislasScaledShiftClassifier",
+    "MislasExtraBlock",
     "load_resnet_backbone",
 ]

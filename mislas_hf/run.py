@@ -590,6 +590,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     """Run stage 1, stage 2, or both; returns the metrics per stage and writes `all_results.json`."""
     if args.stage == "2" and not model_args.model_name_or_path:
         raise ValueError("--stage 2 needs --model_name_or_path: the stage-1 model (folder or Hub id) to start from.")
+    if args.stage != "2" and model_args.freeze_backbone and not model_args.model_name_or_path:
+        raise ValueError(
+            "freeze_backbone keeps the backbone's weights fixed, so stage 1 must start from pretrained ones: pass "
+            "--model_name_or_path (for Places-LT, torchvision's ResNet-152 converted with `python -m mislas_hf.convert "
+            "--backbone_checkpoint FILE --dataset places-lt --output_dir DIR`)."
+        )
     set_seed(args.seed)
     plan = plan_model(model_args, args.stage)
     benchmark, counts, train_set, validation, test = load_splits(data_args, args, plan)

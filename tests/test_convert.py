@@ -7,18 +7,25 @@ float pickled as numpy 1.x does, legacy (torch 1.2) file format. Converted logit
 """
 
 import copy
+import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
+from PIL import Image
 from torch import nn
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from mislas_hf import MislasForImageClassification
-from mislas_hf.convert import convert, labels_from_train_list, main
+from mislas_hf import MislasConfig, MislasForImageClassification
+from mislas_hf.convert import convert, convert_backbone, labels_from_train_list, main
+from mislas_hf.run import parse_arguments, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 from mislas_hf.data import reference_class_order
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,7 +90,8 @@ class RefBottleneck(nn.Module):
 
 
 class RefResNet(nn.Module):
-    """resnet.ResNet_FE (pooled features) or resnet_places.ResNet_FE (feature map, `pool=False`)."""
+    """resnet.ResNet_FE (pooled features) or resnet_places.ResNet_FE (feature map, `pool=False`); `resnet152_fe` of
+    resnet_places is `RefResNet((3, 8, 36, 2), pool=False)`: ResNet-152 without layer4.2."""
 
     def __init__(self, layers, pool=True):
         super().__init__()
@@ -199,10 +207,13 @@ def save_like_reference(checkpoint, path):
 # ----------------------------------------------------------------------------------------------------------------
 
 ARCHS = {
-    # dataset, classes, input size, backbone factory, places layout
+    # dataset, classes, input size, backbone factory, places layout. Full-size layouts; 64x64 inputs keep it fast.
     "resnet32": ("cifar10-lt", 10, 32, RefCifarResNet32, False),
     "resnet50": ("imagenet-lt", 1000, 64, lambda: RefResNet((3, 4, 6, 3)), False),
-    "resnet152+block": ("places-lt", 365, 64, lambda: RefResNet((3, 8, 36, 3), pool=False), True),
+    "resnet101": ("imagenet-lt", 1000, 64, lambda: RefResNet((3, 4, 23, 3)), False),  # paper Table 7, detected
+    "inat-resnet50": ("inat2018", 8142, 64, lambda: RefResNet((3, 4, 6, 3)), False),
+    # resnet_places.resnet152_fe ([3, 8, 36, 2]) + Bottleneck(2048, 512) + Classifier (pools the feature map)
+    "resnet152_places+block": ("places-lt", 365, 64, lambda: RefResNet((3, 8, 36, 2), pool=False), True),
 }
 
 
@@ -238,8 +249,11 @@ def reference_logits(nets, x, stage):
         return nets["lws"](logits) if stage == 2 else logits
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize(
+    "arch, stage",
+    [(arch, stage) for arch in ("resnet32", "resnet50", "resnet152_places+block") for stage in (1, 2)]
+    + [("resnet101", 2)],  # same code path as resnet50: one stage; iNat: the processor test below
+)
 def test_converted_model_reproduces_reference_logits(tmp_path, reference_nets, arch, stage):
     nets = reference_nets(arch)
     checkpoint = reference_checkpoint(
@@ -255,12 +269,13 @@ def test_converted_model_reproduces_reference_logits(tmp_path, reference_nets, a
     convert(path, nets["dataset"], stage, output_dir, train_list=train_list)
 
     model = MislasForImageClassification.from_pretrained(output_dir).eval()
+    assert model.config.backbone == arch.removeprefix("inat-").removesuffix("+block")
     x = torch.randn(2, 3, nets["size"], nets["size"], generator=torch.Generator().manual_seed(6))
     expected = reference_logits(nets, x, stage)
     with torch.no_grad():
         logits = model(x).logits
     assert expected.std() > 0.05  # the comparison is not between near-constant outputs
-    assert (logits - expected).abs().max().item() < 1e-5
+    assert (logits - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
     # the head holds W = fc.weight, ΔW = 0 and s = learned_norm (1 in stage 1)
     head = model.classifier
@@ -285,6 +300,108 @@ def test_converted_model_reproduces_reference_logits(tmp_path, reference_nets, a
         "preprocessor_config.json",
     ]
     assert not [name for name in os.listdir(tmp_path) if "converting" in name]  # no staging folder left behind
+
+
+def test_places_model_is_resnet152_without_layer4_2_plus_a_default_initialised_block():
+    """The reference's Places-LT network: resnet152_fe ([3, 8, 36, 2], 53.7 M parameters with the stem) and a new
+    torchvision Bottleneck(2048, 512) with PyTorch's default initialisation (kaiming-uniform, a = sqrt(5): uniform on
+    +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)), where the frozen backbone has torchvision's kaiming-normal fan-out."""
+    torch.manual_seed(0)
+    model = MislasForImageClassification(
+        MislasConfig(backbone="resnet152_places", num_labels=365, extra_block=True, freeze_backbone=True)
+    )
+    reference = RefResNet((3, 8, 36, 2), pool=False)
+    backbone = model.mislas.pretrained_backbone()
+    assert sum(p.numel() for p in backbone.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert not any(p.requires_grad for p in backbone.parameters())
+    block = model.mislas.extra_block
+    assert sum(p.numel() for p in block.parameters()) == sum(p.numel() for p in RefBottleneck(2048, 512).parameters())
+    for conv, fan_in in zip([layer.convolution for layer in block.layer], (2048, 512 * 9, 512)):
+        weight = conv.weight.detach()
+        assert weight.abs().max() <= fan_in**-0.5
+        assert weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.03)
+    last_conv = model.mislas.encoder.resnet_encoder.stages[3].layers[1].layer[2].convolution.weight.detach()
+    assert last_conv.std().item() == pytest.approx((2 / 2048) ** 0.5, rel=0.03)  # kaiming-normal, fan_out = 2048
+    norm = block.layer[0].normalization
+    assert torch.equal(norm.weight, torch.ones(512)) and torch.equal(norm.bias, torch.zeros(512))
+
+
+def test_inat_processor_and_logits_match_the_reference_evaluation_pipeline(tmp_path, reference_nets):
+    """A converted iNaturalist 2018 checkpoint, fed through its saved image processor, gives the logits of the
+    reference's evaluation pipeline (datasets/ina2018.py: Resize(256), CenterCrop(224), ToTensor, Normalize with
+    mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192)) and forward. A 256x256 image makes the resize an identity,
+    so the crop is rows/columns 16..239."""
+    nets = reference_nets("inat-resnet50")
+    checkpoint = reference_checkpoint(nets["backbone"], nets["classifier"], lws=nets["lws"])
+    convert(save_like_reference(checkpoint, tmp_path / "ckpt.pth.tar"), "inat2018", 2, tmp_path / "out")
+    rgb = np.random.default_rng(7).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    crop = torch.from_numpy(rgb[16:240, 16:240]).permute(2, 0, 1).double() / 255
+    mean = torch.tensor([0.466, 0.471, 0.380], dtype=torch.float64)[:, None, None]
+    std = torch.tensor([0.195, 0.194, 0.192], dtype=torch.float64)[:, None, None]
+    expected = reference_logits(nets, ((crop - mean) / std).float()[None], stage=2)
+
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    pixel_values = processor(Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    assert expected.std() > 0.05
+    assert (logits - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+def torchvision_resnet152_state_dict(seed):
+    """What `torch.save(torchvision.models.resnet152(weights=...).state_dict(), FILE)` holds: the full [3, 8, 36, 3]
+    network with `fc` (1000 classes) and no `num_batches_tracked` (torchvision's published files have none)."""
+    network = randomize(RefResNet((3, 8, 36, 3), pool=False), seed)
+    calibrate_batch_norm([network], 64, seed)
+    state = dict(network.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
+    return network, {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+
+
+def test_torchvision_resnet152_becomes_the_places_lt_stage1_start(tmp_path):
+    """`--backbone_checkpoint`: the torchvision ResNet-152 minus fc and layer4.2 (as resnet_places._resnet_fe deletes
+    them), so the converted backbone's feature map is that of the full network after layer4.1; training from the
+    folder initialises the extra block and classifier itself (PyTorch-default block, ImageNet processor)."""
+    network, state = torchvision_resnet152_state_dict(seed=11)
+    torch.save(state, tmp_path / "resnet152.pth")
+    assert main(["--backbone_checkpoint", str(tmp_path / "resnet152.pth"), "--dataset", "places-lt",
+                 "--output_dir", str(tmp_path / "start")]) == 0
+
+    model = MislasForImageClassification.from_pretrained(tmp_path / "start", num_labels=365).eval()
+    assert model.config.backbone == "resnet152_places"
+    assert model.config.extra_block and model.config.freeze_backbone
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        stem = network.maxpool(F.relu(network.bn1(network.conv1(x))))
+        expected = network.layer4[:2](network.layer3(network.layer2(network.layer1(stem))))  # layer4.2 dropped
+        features = model.mislas.encoder(model.mislas.embedder(x))[0]
+    assert (features - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    conv = model.mislas.extra_block.layer[0].convolution.weight  # initialised on loading, not taken from layer4.2
+    assert conv.abs().max() <= 2048**-0.5
+    processor = json.loads((tmp_path / "start/preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_places_recipe_refuses_to_freeze_a_random_backbone(tmp_path):
+    """recipes/configs/places_lt_r152.yaml without --model_name_or_path would freeze random weights."""
+    flags = ["--config", str(REPO_ROOT / "recipes/configs/places_lt_r152.yaml"), "--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"freeze_backbone .* pass --model_name_or_path .*--backbone_checkpoint"):
+        train(*parse_arguments(flags)[:3])
+    assert not any(tmp_path.iterdir())
+
+
+def test_torchvision_state_dict_of_another_network_is_rejected(tmp_path):
+    state = RefResNet((3, 4, 6, 3)).state_dict()  # a ResNet-50 given for Places-LT's ResNet-152
+    state["layer5.0.conv1.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "resnet.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"not a torchvision resnet152 state dict \(missing keys: layer2\.4\.conv1\.weight, .*; "
+        r"unexpected keys: layer5\.0\.conv1\.weight\)",
+    ):
+        convert_backbone(tmp_path / "resnet.pth", "places-lt", tmp_path / "start")
+    assert not (tmp_path / "start").exists()
 
 
 @pytest.fixture
