@@ -22,6 +22,7 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
         "pillow>=10.0",
+        "psutil>=5.9",
         "pyyaml>=6.0",
     ],
     extras_require={"dev": ["pytest>=8", "torchmetrics>=1.3"]},

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import yaml
+from accelerate.utils import get_int_from_env
 from transformers import AutoImageProcessor, HfArgumentParser, PreTrainedConfig, ResNetModel, Trainer, set_seed
 from transformers.utils import logging
 from transformers.trainer_utils import get_last_checkpoint
@@ -258,7 +260,9 @@ def plan_model(model_args: ModelArguments, stage: str = "1") -> ModelPlan:
         if freeze_backbone:
             raise ValueError(
                 "freeze_backbone needs pretrained weights: with a random backbone it would train a classifier on "
-                "random features. Pass --model_name_or_path (e.g. microsoft/resnet-50) or set freeze_backbone false"
+                "random features. Pass --model_name_or_path (e.g. microsoft/resnet-50; for Places-LT, torchvision's "
+                "ResNet-152 converted by `python -m mislas_hf.convert --backbone_checkpoint FILE --dataset places-lt "
+                "--output_dir DIR`) or set freeze_backbone false"
             )
         return ModelPlan("new", model_args.backbone or "resnet32", bool(extra_block), False)
     config = _checkpoint_config(path)
@@ -326,6 +330,56 @@ def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()
     if argv:
         config_text += f"# command-line overrides: {' '.join(argv)}\n"
     return (*parser.parse_args_into_dataclasses(args=argv), config_text)
+
+
+LAUNCHER_MARKERS = ("ACCELERATE_DYNAMO_BACKEND", "TORCHELASTIC_RUN_ID")
+"""Environment variables that `accelerate launch` and `torchrun` (`torch.distributed.run`) set in their processes."""
+LOCAL_PROCESS_COUNT_VARIABLES = ["LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"]
+"""Where launchers put the number of processes on this machine (torchrun / accelerate, Intel MPI, Open MPI)."""
+
+
+def thread_count_chosen_by_launcher() -> bool:
+    """
+    Whether `OMP_NUM_THREADS` in this process was set by `accelerate launch` or `torchrun` rather than by the user.
+
+    Both set it for the processes they start: `accelerate launch` (accelerate's `commands/launch.py`) to
+    `--num_cpu_threads_per_process`, else the user's `OMP_NUM_THREADS`, else 1 (physical cores / processes with
+    `--cpu`); `torchrun` to 1 with several processes when the user set none. A thread count the user chose therefore
+    shows in the launcher's own environment (`OMP_NUM_THREADS`) or command line (`--num_cpu_threads_per_process`);
+    when neither has it, the launcher's default is in force. Plain `python` runs (no launcher variables) and launchers
+    whose process cannot be read count as the user's choice.
+    """
+    if "OMP_NUM_THREADS" not in os.environ or not any(marker in os.environ for marker in LAUNCHER_MARKERS):
+        return False
+    try:
+        launcher = psutil.Process().parent()
+        launcher_environment, launcher_arguments = launcher.environ(), launcher.cmdline()
+    except (psutil.Error, AttributeError):  # no parent, or its environment is not readable
+        return False
+    chosen_on_command_line = any(arg.startswith("--num_cpu_threads_per_process") for arg in launcher_arguments)
+    return "OMP_NUM_THREADS" not in launcher_environment and not chosen_on_command_line
+
+
+def use_cpu_cores(args: MislasTrainingArguments) -> int:
+    """
+    On a CPU run whose thread count the launcher chose (`thread_count_chosen_by_launcher`, e.g. the README's
+    `accelerate launch` without an accelerate config, which gives every process one thread), give each process an
+    equal share of the physical cores (accelerate's own rule for multi-CPU runs: cores / local processes, at least
+    1) with `torch.set_num_threads`, and log it. Thread counts set by the user, and GPU runs, are left alone.
+    Returns the number of intra-op threads torch uses.
+    """
+    if args.device.type == "cpu" and thread_count_chosen_by_launcher():
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        local_processes = max(1, get_int_from_env(LOCAL_PROCESS_COUNT_VARIABLES, 1))
+        threads = max(1, cores // local_processes)
+        if threads != torch.get_num_threads():
+            logger.warning(
+                f"The launcher set OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (no thread count was given): "
+                f"training on {threads} threads per process ({cores} physical cores / {local_processes} local "
+                "processes). Set OMP_NUM_THREADS or --num_cpu_threads_per_process to choose."
+            )
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def stage_arguments(args: MislasTrainingArguments, stage: int) -> MislasTrainingArguments:
@@ -568,6 +622,16 @@ def run_stage(
         raise ValueError(
             "load_best_model_at_end needs --validation_split_percentage: the best epoch is never chosen on the test set."
         )
+    if stage_args.process_index == 0:
+        global_batch = stage_args.per_device_train_batch_size * stage_args.world_size
+        learning_rates = f"learning rate {stage_args.learning_rate:g}"
+        if stage == 2:
+            learning_rates += f" (ΔW and b: {stage_args.learning_rate * stage_args.delta_lr_ratio:g})"
+        logger.warning(
+            f"stage {stage}: global batch {global_batch * stage_args.gradient_accumulation_steps} = "
+            f"{stage_args.per_device_train_batch_size} per device x {stage_args.world_size} processes x "
+            f"{stage_args.gradient_accumulation_steps} accumulation steps, {learning_rates}"
+        )
     trainer = MislasTrainer(
         model=model,
         args=stage_args,
@@ -590,12 +654,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     """Run stage 1, stage 2, or both; returns the metrics per stage and writes `all_results.json`."""
     if args.stage == "2" and not model_args.model_name_or_path:
         raise ValueError("--stage 2 needs --model_name_or_path: the stage-1 model (folder or Hub id) to start from.")
-    if args.stage != "2" and model_args.freeze_backbone and not model_args.model_name_or_path:
-        raise ValueError(
-            "freeze_backbone keeps the backbone's weights fixed, so stage 1 must start from pretrained ones: pass "
-            "--model_name_or_path (for Places-LT, torchvision's ResNet-152 converted with `python -m mislas_hf.convert "
-            "--backbone_checkpoint FILE --dataset places-lt --output_dir DIR`)."
-        )
+    use_cpu_cores(args)
     set_seed(args.seed)
     plan = plan_model(model_args, args.stage)
     benchmark, counts, train_set, validation, test = load_splits(data_args, args, plan)
@@ -639,6 +698,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
 
 def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArguments):
     """Evaluate a saved model (folder or Hub id) on the benchmark's test split: metrics, diagram, card."""
+    use_cpu_cores(args)
     plan = plan_model(ModelArguments(model_name_or_path=model_path), stage="2")
     benchmark, counts, _, _, test = load_splits(data_args, args, plan)
     model = MislasForImageClassification.from_pretrained(model_path)

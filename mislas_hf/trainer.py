@@ -111,6 +111,14 @@ class MislasTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=2e-4, metadata={"help": "Weight decay (Table 6)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Stage-1 schedule when lr_decay_epochs is unset."})
     per_device_train_batch_size: int = field(default=128, metadata={"help": "Batch size per device (Table 6)."})
+    total_train_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Global training batch, over all processes and gradient accumulation steps (Table 6's batch "
+            "size). When set, per_device_train_batch_size = total_train_batch_size / (processes x "
+            "gradient_accumulation_steps), which must divide it; the learning rate is not rescaled."
+        },
+    )
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
     max_grad_norm: float = field(
         default=0.0, metadata={"help": "Gradient clipping norm; 0 (no clipping) as in the reference implementation."}
@@ -130,6 +138,15 @@ class MislasTrainingArguments(TrainingArguments):
             # without an accelerator.
             self.use_cpu = True
         super().__post_init__()
+        if self.total_train_batch_size is not None:
+            shares = self.world_size * self.gradient_accumulation_steps
+            if self.total_train_batch_size % shares:
+                raise ValueError(
+                    f"total_train_batch_size={self.total_train_batch_size} does not split into {self.world_size} "
+                    f"processes x {self.gradient_accumulation_steps} gradient accumulation steps: choose a multiple "
+                    f"of {shares} or another --gradient_accumulation_steps."
+                )
+            self.per_device_train_batch_size = self.total_train_batch_size // shares
         if not 0 <= self.smooth_tail <= self.smooth_head <= 0.5:
             raise ValueError(
                 f"smooth_head={self.smooth_head} and smooth_tail={self.smooth_tail} must satisfy "
