@@ -153,3 +153,21 @@ def test_stage1_at_learning_rate_0_keeps_every_convolution_of_the_checkpoint(off
     assert processor["size"] == {"shortest_edge": 64}
     config = json.loads((tmp_path / "stage1" / "config.json").read_text())
     assert (config["backbone"], config["class_counts"]) == ("resnet10", [6, 6, 6])
+
+
+def test_a_resnet_152_loads_into_the_places_backbone_without_its_third_last_stage_block():
+    """Places-LT's `resnet152_places` is ResNet-152 with `layer4` cut to two blocks: a transformers ResNet-152 loads
+    into it (`--backbone resnet152_places`) with only stage 4's block 2 left out, every other tensor equal."""
+    from transformers import ResNetModel
+
+    from mislas_hf.modeling_mislas import load_resnet_backbone
+
+    torch.manual_seed(0)
+    resnet = ResNetModel(ResNetConfig(depths=[3, 8, 36, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck"))
+    model = MislasForImageClassification(MislasConfig(backbone="resnet152_places", extra_block=True, num_labels=3))
+    left_out = load_resnet_backbone(model.mislas, resnet)
+    assert left_out and {name.split(".layer.")[0] for name in left_out} == {"encoder.stages.3.layers.2"}
+    checkpoint = resnet.encoder.state_dict()
+    loaded = model.mislas.encoder.resnet_encoder.state_dict()
+    assert len(loaded) == len(checkpoint) - len(left_out)
+    assert all(torch.equal(tensor, checkpoint[name]) for name, tensor in loaded.items())
