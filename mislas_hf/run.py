@@ -7,6 +7,7 @@ image processor, `eval_results.json`, `reliability_diagram.png` and a `README.md
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from .data import (
     BENCHMARKS,
     InMemoryCifarTransform,
     augment_cifar_batch,
+    augment_imagenet_batch,
     class_counts,
     decode_cifar_images,
     load_benchmark,
@@ -35,6 +37,7 @@ from .data import (
     make_image_processor,
     stratified_holdout,
     make_transform,
+    with_encoded_images,
     subset,
 )
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
@@ -483,6 +486,9 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
             validation = decode_cifar_images(validation) if validation is not None else None
         train_transform, eval_transform = InMemoryCifarTransform(train=True), InMemoryCifarTransform(train=False)
     else:
+        if benchmark.family == "imagenet":  # the transform decodes the files itself (torchvision for JPEG)
+            train, test = with_encoded_images(train), with_encoded_images(test)
+            validation = with_encoded_images(validation) if validation is not None else None
         options = preprocessing(data_args, benchmark, plan)
         train_transform = make_transform(benchmark.family, train=True, **options)
         eval_transform = make_transform(benchmark.family, train=False, **options)
@@ -493,9 +499,15 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
     return benchmark, counts, train, validation, test
 
 
-def train_batch_augmentation(data_args: DataArguments, benchmark):
-    """`MislasTrainer`'s `batch_augmentation` for the training split of `load_splits`: `augment_cifar_batch` with
-    in-memory images, else None (the per-sample transform already augmented the images)."""
+def train_batch_augmentation(data_args: DataArguments, benchmark, plan: ModelPlan):
+    """`MislasTrainer`'s `batch_augmentation` for the training split of `load_splits`, which runs on the training
+    device: for the imagenet family `augment_imagenet_batch` with the mean/std of `preprocessing` (colour jitter and
+    normalisation of the uint8 crops the loader workers made); with in-memory CIFAR images `augment_cifar_batch`;
+    else None (the per-sample transform already augmented the images). Evaluation splits leave the workers
+    normalised, so a plain `Trainer` (`evaluate`) consumes them as well."""
+    if benchmark.family == "imagenet":
+        options = preprocessing(data_args, benchmark, plan)
+        return functools.partial(augment_imagenet_batch, mean=options["mean"], std=options["std"])
     return augment_cifar_batch if data_args.uses_in_memory_images(benchmark.family) else None
 
 
@@ -680,7 +692,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
             image_processor,
             benchmark,
             config_yaml,
-            batch_augmentation=train_batch_augmentation(data_args, benchmark),
+            batch_augmentation=train_batch_augmentation(data_args, benchmark, plan),
         )
     if args.process_index == 0:
         Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -196,7 +196,8 @@ class MislasTrainer(Trainer):
     their device, channels-last pixel values). Evaluation logs accuracy, Many/Medium/Few, ECE, MCE and NLL.
 
     `batch_augmentation(pixel_values, train)` turns a collated uint8 image batch into the model's float input on the
-    batch's device, e.g. `data.augment_cifar_batch` for a split made by `data.decode_cifar_images`.
+    batch's device: `data.augment_imagenet_batch` (colour jitter, normalisation) for `make_transform("imagenet",
+    train=True)`, `data.augment_cifar_batch` for a split made by `data.decode_cifar_images`.
     """
 
     # compute_loss returns a per-batch mean: training_step must divide it by the accumulation steps.
@@ -265,8 +266,8 @@ class MislasTrainer(Trainer):
 
     def _prepare_inputs(self, inputs: dict) -> dict:
         """The Trainer's device placement, then: a raw uint8 image batch goes through `batch_augmentation` on its
-        device (random crop and flip in training, normalisation only in evaluation), and with `channels_last` the
-        pixel values are made channels-last. Idempotent: a prepared batch passes through unchanged."""
+        device (in training the random part left to the device, in evaluation normalisation only), and with
+        `channels_last` the pixel values are made channels-last. Idempotent: a prepared batch passes through."""
         inputs = super()._prepare_inputs(inputs)
         pixel_values = inputs.get("pixel_values")
         if pixel_values is None:
@@ -274,8 +275,9 @@ class MislasTrainer(Trainer):
         if pixel_values.dtype == torch.uint8:
             if self.batch_augmentation is None:
                 raise ValueError(
-                    "The batch holds raw uint8 images (a split made by decode_cifar_images, with "
-                    "InMemoryCifarTransform(train=True)): pass MislasTrainer(batch_augmentation=augment_cifar_batch)."
+                    "The batch holds raw uint8 images (make_transform('imagenet', train=True), or a split made by "
+                    "decode_cifar_images with InMemoryCifarTransform(train=True)): pass MislasTrainer("
+                    "batch_augmentation=augment_imagenet_batch) or batch_augmentation=augment_cifar_batch."
                 )
             pixel_values = self.batch_augmentation(pixel_values, self.model.training)
         if self.args.channels_last and pixel_values.dim() == 4:

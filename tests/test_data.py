@@ -1,6 +1,7 @@
 """mislas_hf.data: long-tailed CIFAR cut, split lists, label reading, transforms, image processors, benchmarks."""
 
 import collections
+import io
 
 import datasets
 import numpy as np
@@ -16,9 +17,11 @@ from mislas_hf.data import (
     CIFAR_STD,
     InMemoryCifarTransform,
     augment_cifar_batch,
+    augment_imagenet_batch,
     class_counts,
     dataset_labels,
     decode_cifar_images,
+    decode_rgb,
     load_benchmark,
     load_list_file_dataset,
     long_tailed_class_counts,
@@ -390,25 +393,171 @@ def test_imagenet_eval_transform_resizes_256_and_centre_crops_224():
     assert np.abs(out[1].numpy() - expected).max() < 0.02  # about 1 grey level: rounding + interpolation
 
 
-def test_imagenet_train_transform_crops_to_224_and_jitters_brightness():
+def test_imagenet_train_transform_crops_to_224_on_uint8_and_decodes_any_mode(tmp_path):
     images = [
         Image.new("L", (500, 375), 120),
         Image.new("RGBA", (180, 260), (120, 120, 120, 255)),
         Image.new("RGB", (224, 224), (120,) * 3),
     ]
-    mean, std = np.asarray(IMAGENET_DEFAULT_MEAN)[:, None, None], np.asarray(IMAGENET_DEFAULT_STD)[:, None, None]
-    transform = make_transform("imagenet", train=True)
+    encoded = []
+    for index, (image, form) in enumerate(zip(images, ("JPEG", "PNG", "JPEG"))):
+        image.save(tmp_path / f"{index}.{form.lower()}", form)
+        encoded.append(tmp_path / f"{index}.{form.lower()}")
+    inputs = [*images, {"bytes": encoded[0].read_bytes(), "path": None}, {"bytes": None, "path": str(encoded[1])},
+              str(encoded[2])]
     torch.manual_seed(0)
-    factors = []
-    for _ in range(20):
-        for pixels in transform({"image": images, "label": [0, 1, 2]})["pixel_values"]:
-            assert pixels.shape == (3, 224, 224)
-            restored = pixels.numpy() * std + mean
-            # a grey constant image stays grey and constant under crop, flip, contrast and saturation;
-            # brightness multiplies it by a factor drawn from [0.6, 1.4]
-            assert np.abs(restored - restored.mean()).max() < 1e-5
-            factors.append(restored.mean() / (120 / 255))
-    assert 0.6 - 1e-4 <= min(factors) < 0.75 and 1.25 < max(factors) <= 1.4 + 1e-4
+    out = make_transform("imagenet", train=True)({"image": inputs, "label": [0, 1, 2, 3, 4, 5]})
+    assert out["labels"] == [0, 1, 2, 3, 4, 5]
+    for pixels in out["pixel_values"]:
+        # a constant grey image stays exactly that grey under crop, antialiased resize and flip, as uint8
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, 224, 224)
+        assert torch.equal(pixels, torch.full((3, 224, 224), 120, dtype=torch.uint8))
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        make_transform("imagenet", train=True)({"image": [str(tmp_path / "missing.jpg")], "label": [0]})
+    with pytest.raises(ValueError, match="column 'image'"):
+        make_transform("imagenet", train=False)({"img": images, "label": [0, 1, 2]})
+
+
+def _encoded(image: Image.Image, form: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, form, **options)
+    return buffer.getvalue()
+
+
+def test_decode_rgb_equals_pil_for_jpeg_modes_and_other_formats():
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    cases = [
+        _encoded(picture, "JPEG", quality=90),
+        _encoded(picture.convert("L"), "JPEG"),
+        _encoded(picture.convert("CMYK"), "JPEG"),
+        _encoded(picture.convert("RGBA"), "PNG"),
+        _encoded(picture.convert("P"), "PNG"),
+        _encoded(picture, "WEBP", lossless=True),
+    ]
+    for data in cases:
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+        np.testing.assert_array_equal(decode_rgb(data).numpy(), expected)
+    with pytest.raises(ValueError, match="cannot decode an image from a int"):
+        decode_rgb(3)
+
+
+def position_coded_jpeg(width=320, height=240) -> bytes:
+    """A JPEG whose red channel is 255 * x / (width - 1) and green 255 * y / (height - 1) (x, y: pixel position)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    coded = np.stack([255 * x / (width - 1), 255 * y / (height - 1), np.full_like(x, 128)], axis=-1)
+    return _encoded(Image.fromarray(np.round(coded).astype(np.uint8)), "JPEG", quality=95, subsampling=0)
+
+
+def crop_geometry(pixels: np.ndarray, width: int, height: int):
+    """(left, top, crop width, crop height, flipped) in source pixels of a 224x224 crop of `position_coded_jpeg`,
+    from straight-line fits of the red code along the columns and the green code along the rows."""
+    size = pixels.shape[-1]
+    positions = np.arange(8, size - 8)  # away from the antialiasing filter's border
+    red_slope, red_at_0 = np.polyfit(positions, pixels[0].mean(axis=0)[positions], 1)
+    green_slope, green_at_0 = np.polyfit(positions, pixels[1].mean(axis=1)[positions], 1)
+    # output column j samples source x = left + (j + 0.5) * crop_width / size - 0.5 (mirrored when flipped)
+    crop_width = abs(red_slope) * size * (width - 1) / 255
+    crop_height = green_slope * size * (height - 1) / 255
+    flipped = red_slope < 0
+    x_first = (red_at_0 + (red_slope * (size - 1) if flipped else 0)) * (width - 1) / 255  # centre of column 0
+    left = x_first + 0.5 - 0.5 * crop_width / size
+    top = green_at_0 * (height - 1) / 255 + 0.5 - 0.5 * crop_height / size
+    return left, top, crop_width, crop_height, flipped
+
+
+def test_imagenet_train_crops_cover_the_reference_scale_and_ratio_ranges_and_flip_half():
+    """torchvision's RandomResizedCrop(224) of the reference: area fraction in [0.08, 1] drawn uniformly (before
+    the fit-in-image rejection), aspect ratio w/h in [3/4, 4/3] log-uniformly; flips with p = 0.5."""
+    width, height, draws = 320, 240, 400
+    data = {"bytes": position_coded_jpeg(width, height), "path": None}
+    torch.manual_seed(0)
+    out = make_transform("imagenet", train=True)({"image": [data] * draws, "label": [0] * draws})["pixel_values"]
+    geometry = np.array([crop_geometry(pixels.double().numpy(), width, height) for pixels in out])
+    left, top, crop_width, crop_height, flipped = geometry.T
+    area, ratio = crop_width * crop_height / (width * height), crop_width / crop_height
+    assert area.min() > 0.08 * 0.95 and area.max() < 1.03
+    assert ratio.min() > 0.75 * 0.97 and ratio.max() < 4 / 3 * 1.03
+    assert left.min() > -1.5 and top.min() > -1.5  # the crop lies inside the image
+    assert (left + crop_width).max() < width + 1.5 and (top + crop_height).max() < height + 1.5
+    # the full ranges are used: small crops are common, both extreme ratios occur, positions vary
+    assert area.min() < 0.12 and np.mean(area < 0.3) > 0.15 and np.mean(area > 0.7) > 0.1
+    assert ratio.min() < 0.8 and ratio.max() > 1.25 and abs(np.mean(np.log(ratio))) < 0.05
+    assert np.ptp(left) > 100 and np.ptp(top) > 60
+    assert abs(flipped.mean() - 0.5) < 4 * 0.5 / np.sqrt(draws)
+    assert abs(flipped[area < 0.5].mean() - flipped[area >= 0.5].mean()) < 0.2  # flips independent of the crop
+
+
+def test_augment_imagenet_batch_jitters_each_image_by_its_own_factors_in_the_reference_ranges():
+    """Coloured images in a range where no adjustment clamps: then brightness b, contrast c and saturation s commute
+    and give, per pixel and channel, b * (s * c * x + (1 - s) * c * grey(x) + (1 - c) * mean grey), which a least
+    squares fit per image inverts to (b, c, s) after undoing the ImageNet normalisation."""
+    n, size = 512, 12
+    rng = np.random.default_rng(0)
+    images = rng.integers(50, 116, (n, 3, size, size), dtype=np.uint8)
+    torch.manual_seed(0)
+    out = augment_imagenet_batch(torch.from_numpy(images), train=True).double().numpy()
+    mean, std = np.asarray([0.485, 0.456, 0.406])[:, None, None], np.asarray([0.229, 0.224, 0.225])[:, None, None]
+    restored = out * std + mean
+    x = images / 255.0
+    grey = np.einsum("nchw,c->nhw", x, [0.2989, 0.587, 0.114])[:, None].repeat(3, axis=1)
+    mean_grey = grey.mean(axis=(1, 2, 3), keepdims=True) * np.ones_like(x)
+    factors, residuals = [], []
+    for k in range(n):
+        design = np.stack([x[k].ravel(), grey[k].ravel(), mean_grey[k].ravel()], axis=1)
+        (a, b_, c_), *_ = np.linalg.lstsq(design, restored[k].ravel(), rcond=None)
+        residuals.append(np.abs(design @ [a, b_, c_] - restored[k].ravel()).max())
+        brightness = a + b_ + c_
+        factors.append((brightness, (a + b_) / brightness, a / (a + b_)))
+    factors = np.asarray(factors)
+    assert max(residuals) < 1e-3  # exactly this form: no hue shift, no other operation
+    assert factors.min() > 0.6 - 1e-3 and factors.max() < 1.4 + 1e-3
+    for column in factors.T:  # each factor uniform on [0.6, 1.4]: mean 1, std 0.8 / sqrt(12)
+        assert column.min() < 0.62 and column.max() > 1.38
+        assert abs(column.mean() - 1) < 4 * 0.231 / np.sqrt(n) and abs(column.std() - 0.231) < 0.02
+    assert np.abs(np.corrcoef(factors.T) - np.eye(3)).max() < 0.15  # drawn independently, per image
+    assert augment_imagenet_batch(torch.from_numpy(images[:4]), train=True).dtype == torch.float32
+    with pytest.raises(ValueError, match="uint8"):
+        augment_imagenet_batch(torch.zeros(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "mean", "std"),
+    [
+        ("imagenet-lt", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ("places-lt", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ("inat2018", (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
+        ("cifar10-lt", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        ("cifar100-lt", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    ],
+)
+def test_each_benchmark_is_normalised_with_the_reference_statistics(dataset, mean, std):
+    """The reference's constants (datasets/imagenet.py, places.py, ina2018.py, cifar10.py, cifar100.py) in the
+    device-side batch part, the evaluation transform and the saved image processor."""
+    from types import SimpleNamespace
+
+    from mislas_hf.data import BENCHMARKS
+    from mislas_hf.run import DataArguments, ModelPlan, train_batch_augmentation
+
+    spec = BENCHMARKS[dataset]
+    benchmark = SimpleNamespace(family=spec.family, mean=spec.mean, std=spec.std)
+    backbone = "resnet32" if spec.family == "cifar" else "resnet50"
+    plan = ModelPlan(source="new", backbone=backbone, extra_block=False, freeze_backbone=False)
+    size = 32 if spec.family == "cifar" else 224
+    colour = np.asarray([30, 140, 220])
+    expected = np.broadcast_to(((colour / 255 - np.asarray(mean)) / np.asarray(std))[:, None, None], (3, size, size))
+    batch = torch.from_numpy(colour.astype(np.uint8)[:, None, None]).expand(2, 3, size, size).contiguous()
+    augmentation = train_batch_augmentation(DataArguments(dataset=dataset), benchmark, plan)
+    np.testing.assert_allclose(augmentation(batch, False).numpy(), np.stack([expected] * 2), atol=1e-5)
+    picture = Image.new("RGB", (size + 40, size + 20), tuple(int(c) for c in colour))
+    transform = make_transform(spec.family, train=False, mean=spec.mean, std=spec.std)
+    if spec.family == "cifar":
+        picture = Image.new("RGB", (32, 32), tuple(int(c) for c in colour))
+    np.testing.assert_allclose(transform({"image": [picture], "label": [0]})["pixel_values"][0].numpy(), expected,
+                               atol=1e-5)
+    processor = make_image_processor(spec.family, mean=spec.mean, std=spec.std)
+    np.testing.assert_allclose(processor(picture, return_tensors="pt")["pixel_values"][0].numpy(), expected,
+                               atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- image processors
@@ -476,15 +625,23 @@ def test_augment_cifar_batch_is_a_window_of_the_zero_padded_image(cifar_sample, 
     assert 16 <= sum(flips) <= 48  # p = 0.5 per image
 
 
-def test_augment_cifar_batch_draws_each_image_a_uniform_offset_and_a_fair_flip():
-    """Position-coded images (channel 0 = row + 1, channel 1 = column + 1): every output must be exactly the
-    window its decoded offset and flip say, offsets uniform over the 9 x 9 positions, flips with p = 0.5."""
+@pytest.mark.parametrize("path", ["in_memory", "per_sample"])
+def test_cifar_train_augmentation_draws_each_image_a_uniform_offset_and_a_fair_flip(path):
+    """Position-coded images (channel 0 = row + 1, channel 1 = column + 1), through `augment_cifar_batch` (in-memory
+    path) and `make_transform("cifar", train=True)` (per-sample path): every output must be exactly the window of
+    the 4-pixel zero-padded image its decoded offset and flip say (a 32x32 crop), offsets uniform over the 9 x 9
+    positions, flips with p = 0.5."""
     n = 4000
     rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
     coded = np.stack([rows + 1, cols + 1, np.full_like(rows, 200)]).astype(np.uint8)
     torch.manual_seed(1)
-    out = np.rint(unnormalize(augment_cifar_batch(torch.from_numpy(coded).expand(n, 3, 32, 32).contiguous())))
-    out = out.astype(np.int16)
+    if path == "in_memory":
+        augmented = augment_cifar_batch(torch.from_numpy(coded).expand(n, 3, 32, 32).contiguous())
+    else:
+        picture = Image.fromarray(coded.transpose(1, 2, 0))
+        augmented = make_transform("cifar", train=True)({"image": [picture] * n, "label": [0] * n})["pixel_values"]
+        augmented = torch.stack(augmented)
+    out = np.rint(unnormalize(augmented)).astype(np.int16)
     dy = out[:, 0, 16, 16] - 13  # output row 16 is padded row 16 + dy, i.e. image row 12 + dy
     flip = out[:, 1, 16, 17] < out[:, 1, 16, 16]
     dx = out[:, 1, 16, 16] - np.where(flip, 12, 13)  # a flipped output column j is padded column dx + 31 - j
@@ -540,7 +697,7 @@ def test_imagenet_image_processor_matches_the_eval_transform(tmp_path):
         expected = transform({"image": [picture], "label": [0]})["pixel_values"][0]
         assert got.shape == (3, 224, 224)
         difference = (got - expected).abs()
-        assert difference.max() < max_tol and difference.mean() < mean_tol  # PIL's vs kornia's antialiasing
+        assert difference.max() < max_tol and difference.mean() < mean_tol  # torchvision's vs PIL's antialiasing
     with pytest.raises(ValueError, match="family"):
         make_image_processor("places")
 

@@ -411,3 +411,67 @@ def test_bf16_on_a_cpu_autocasts_the_model_and_keeps_the_loss_in_float32(tmp_pat
         full_precision = trainer.model(pixels).logits
     difference = (outputs.logits - full_precision).abs().max().item()
     assert 0 < difference < 0.05 * full_precision.abs().max().item()  # the forward really ran in bf16
+
+
+def write_list_file_benchmark(root: Path, train_counts: dict[int, int], test_counts: dict[int, int], seed: int = 0):
+    """JPEGs (and some PNG, grey and CMYK files) of mixed sizes under `root`, with split lists in the reference's
+    format (`relative/path original_class_id` per line); `*_counts`: images per original class id."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    lines = {"train": [], "test": []}
+    index = 0
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        for label, count in counts.items():
+            for _ in range(count):
+                width, height = int(rng.integers(40, 360)), int(rng.integers(30, 300))
+                picture = Image.fromarray(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8))
+                picture = picture.resize((width, height), Image.BILINEAR)
+                suffix, mode = [("JPEG", "RGB"), ("png", "RGBA"), ("JPEG", "L"), ("JPEG", "CMYK")][index % 4]
+                relative = f"{split}/n{label:08d}/{index}.{suffix}"
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                picture.convert(mode).save(root / relative)
+                lines[split].append(f"{relative} {label}\n")
+                index += 1
+    for split in lines:
+        (root / f"{split}.txt").write_text("".join(lines[split]))
+    return root / "train.txt", root / "test.txt"
+
+
+def test_list_file_run_trains_both_stages_and_evaluates_every_test_image(tmp_path):
+    """ImageNet-LT from split lists, end to end on the CPU: the imagenet pipeline (files decoded and cropped in a
+    loader worker, colour jitter and normalisation in the trainer's batch hook), resnet10, both stages."""
+    # ImageNet-LT's 1000 classes (its Many/Medium/Few boundaries need them), each with a training image; a few
+    # larger classes, whose original ids must come first after the re-sort by descending count
+    train_counts = {label: 1 for label in range(1000)} | {7: 10, 3: 6, 0: 3}
+    test_counts = {7: 3, 3: 3, 0: 3, 999: 3}
+    train_list, test_list = write_list_file_benchmark(tmp_path / "images", train_counts, test_counts)
+    output_dir = tmp_path / "run"
+    flags = [
+        "--config", str(REPO_ROOT / "recipes/configs/imagenet_lt_r50.yaml"),
+        "--backbone", "resnet10", "--data_dir", str(tmp_path / "images"),
+        "--train_list", str(train_list), "--test_list", str(test_list), "--output_dir", str(output_dir),
+        "--max_steps", "2", "--total_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+        "--dataloader_num_workers", "1", "--save_strategy", "no", "--logging_steps", "1", "--bf16", "false",
+    ]
+    model_args, data_args, training_args, config_text = parse_arguments(flags)
+    results = train(model_args, data_args, training_args, config_yaml=config_text)
+    test_images = sum(test_counts.values())
+    for stage in ("stage1", "stage2"):
+        folder = output_dir / stage
+        for name in ("model.safetensors", "preprocessor_config.json", "reliability_diagram.png", "README.md"):
+            assert (folder / name).is_file(), f"{stage}/{name}"
+        metrics = json.loads((folder / "eval_results.json").read_text())
+        assert metrics == pytest.approx(results[stage])
+        correct = metrics["eval_accuracy"] * test_images  # a whole number of the 12 test images
+        assert abs(correct - round(correct)) < 1e-6 and math.isfinite(metrics["eval_nll"])
+        assert f"test split of imagenet-lt ({test_images} images)" in (folder / "README.md").read_text()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["class_counts"][:4] == [10, 6, 3, 1] and sum(config["class_counts"]) == 1016
+        assert len(config["id2label"]) == 1000
+        assert [config["id2label"][str(k)] for k in range(3)] == ["orig_7", "orig_3", "orig_0"]
+        processor = json.loads((folder / "preprocessor_config.json").read_text())
+        assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+        assert processor["size"] == {"shortest_edge": 224} and processor["crop_pct"] == pytest.approx(224 / 256)
+    state = json.loads((output_dir / "stage1/trainer_state.json").read_text())
+    assert state["global_step"] == 2 and all(math.isfinite(entry["loss"]) for entry in state["log_history"] if "loss" in entry)

@@ -1,16 +1,29 @@
-"""The reference's image transforms per family ("cifar", "imagenet"), built on kornia and applied lazily with
-`Dataset.set_transform`; and for CIFAR a faster path: images decoded once into memory (`decode_cifar_images`) and
-whole batches cropped, flipped and normalised on their device (`augment_cifar_batch`), with the same augmentation
-distribution."""
+"""The reference's image transforms per family, applied lazily with `Dataset.set_transform`.
+
+* imagenet family (ImageNet-LT, Places-LT, iNaturalist 2018, own images): `ImageNetTransform` decodes each image
+  (torchvision `decode_jpeg` for JPEG, PIL otherwise) and, in training, crops and flips it on uint8 in the loader
+  workers; `augment_imagenet_batch` then jitters colours per image and normalises the whole batch on the training
+  device (`MislasTrainer(batch_augmentation=...)`). Evaluation images leave the workers resized, centre-cropped and
+  normalised, so any `Trainer` or model consumes them.
+* cifar family: kornia per-sample transforms (`BatchImageTransform`), and a faster path with images decoded once
+  into memory (`decode_cifar_images`) and whole batches cropped, flipped and normalised on their device
+  (`augment_cifar_batch`), with the same augmentation distribution.
+"""
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 
 import datasets
 import kornia.augmentation as K
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import RandomResizedCrop
 
 from .image_processing import CIFAR_MEAN, CIFAR_STD, RESIZE_RATIO, preprocessing_of
 
@@ -23,6 +36,16 @@ def _to_float_tensor(image) -> torch.Tensor:
     """A PIL image (any mode) as an RGB float32 CHW tensor in [0, 1], via a uint8 numpy array."""
     array = np.array(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def _check_columns(batch: dict, image_column: str, label_column: str) -> None:
+    """`ValueError` naming the column when a transform's image or label column is missing from the batch."""
+    for column in (image_column, label_column):
+        if column not in batch:
+            raise ValueError(
+                f"column '{column}' not in the batch (columns {list(batch)}): pass the dataset's column names as "
+                f"image_column/label_column of make_transform"
+            )
 
 
 class BatchImageTransform:
@@ -47,12 +70,7 @@ class BatchImageTransform:
 
     def __call__(self, batch: dict) -> dict:
         """Transform one batch (columns as lists) of a `datasets.Dataset`."""
-        for column in (self.image_column, self.label_column):
-            if column not in batch:
-                raise ValueError(
-                    f"column '{column}' not in the batch (columns {list(batch)}): pass the dataset's column names "
-                    f"as image_column/label_column of make_transform"
-                )
+        _check_columns(batch, self.image_column, self.label_column)
         images = [_to_float_tensor(image) for image in batch[self.image_column]]
         if self.per_image is not None:
             images = [self.per_image(image[None])[0] for image in images]
@@ -82,6 +100,111 @@ class FitToSquare(torch.nn.Module):
         return self.resize_and_crop(image)
 
 
+IMAGENET_CROP_SCALE = (0.08, 1.0)
+"""Range of the crop's area as a fraction of the image's, reference `RandomResizedCrop(224)` (torchvision's default)."""
+IMAGENET_CROP_RATIO = (3 / 4, 4 / 3)
+"""Range of the crop's aspect ratio (width / height), drawn log-uniformly as torchvision does."""
+COLOUR_JITTER = 0.4
+"""Strength of the reference's `ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0)`: each factor is
+drawn uniformly from [1 - 0.4, 1 + 0.4]."""
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+"""The first bytes of every JPEG file."""
+
+
+def decode_rgb(image) -> torch.Tensor:
+    """One image as an RGB uint8 `(3, H, W)` tensor, like the reference's `Image.open(f).convert("RGB")`.
+
+    `image`: a PIL image, a file path, encoded bytes, or a `datasets.Image(decode=False)` value (`{"bytes", "path"}`).
+    JPEG bytes are decoded by torchvision's `decode_jpeg` (grey and CMYK JPEGs converted to RGB as PIL does); other
+    formats by PIL, any mode converted to RGB (alpha dropped, palettes expanded)."""
+    if isinstance(image, Image.Image):
+        return TF.pil_to_tensor(image.convert("RGB"))
+    if isinstance(image, dict):
+        image = image["bytes"] if image.get("bytes") is not None else image.get("path")
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image file {image} not found: check the image root (--data_dir) and the list")
+        with open(image, "rb") as file:
+            image = file.read()
+    if not isinstance(image, (bytes, bytearray)):
+        raise ValueError(
+            f"cannot decode an image from a {type(image).__name__}: the image column must hold PIL images, file "
+            "paths or encoded bytes"
+        )
+    if image[:3] == JPEG_SIGNATURE:
+        return decode_jpeg(torch.frombuffer(bytearray(image), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    with Image.open(io.BytesIO(image)) as picture:
+        return TF.pil_to_tensor(picture.convert("RGB"))
+
+
+def with_encoded_images(dataset: datasets.Dataset, image_column: str = "image") -> datasets.Dataset:
+    """`dataset` with its `datasets.Image` column left encoded (`Image(decode=False)`: `{"bytes", "path"}` values), so
+    that `ImageNetTransform` decodes each file once, with torchvision for JPEG, instead of `datasets` decoding it with
+    PIL first. A column that is not a `datasets.Image` is returned as is."""
+    feature = dataset.features.get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+class ImageNetTransform:
+    """Callable for `Dataset.set_transform`, the per-image part of the imagenet family's pipeline: a batch dict ->
+    `{"pixel_values": [(3, size, size) tensors], "labels": [int]}`, run in the DataLoader workers.
+
+    train: decode (`decode_rgb`), torchvision's `RandomResizedCrop(size, scale=IMAGENET_CROP_SCALE,
+    ratio=IMAGENET_CROP_RATIO)` with antialiased bilinear resizing (as PIL resizes), horizontal flip with p = 0.5, all
+    on uint8; the pixel values stay uint8 and `augment_imagenet_batch` finishes them on the training device (colour
+    jitter, normalisation). eval: decode, resize the shorter side to `round(size * RESIZE_RATIO)` (antialiased
+    bilinear), centre crop `size`, scale to [0, 1] and normalise with `mean`/`std`: float32, as
+    `make_image_processor("imagenet")` does. Images are resized in channels-last memory (torch's fast uint8 path).
+    Randomness comes from torch's global RNG (DataLoader workers seed it per worker). Build it with `make_transform`.
+    """
+
+    def __init__(
+        self,
+        train: bool,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_column: str = "image",
+        label_column: str = "label",
+    ):
+        self.train = train
+        self.image_size = image_size
+        self.resize_size = round(image_size * RESIZE_RATIO)
+        self.image_column = image_column
+        self.label_column = label_column
+        self.scale, self.shift = _normalization_affine(mean, std)
+
+    def _train_geometry(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, height, width = RandomResizedCrop.get_params(image, IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO)
+        crop = image[None, :, top : top + height, left : left + width].contiguous(memory_format=torch.channels_last)
+        crop = TF.resize(crop, [self.image_size, self.image_size], antialias=True)[0]
+        return TF.horizontal_flip(crop) if torch.rand(1).item() < 0.5 else crop
+
+    def _eval_geometry(self, image: torch.Tensor) -> torch.Tensor:
+        image = image[None].contiguous(memory_format=torch.channels_last)
+        image = TF.center_crop(TF.resize(image, self.resize_size, antialias=True), self.image_size)[0]
+        return image.contiguous().float().mul_(self.scale).add_(self.shift)
+
+    def __call__(self, batch: dict) -> dict:
+        """Transform one batch (columns as lists) of a `datasets.Dataset`."""
+        _check_columns(batch, self.image_column, self.label_column)
+        geometry = self._train_geometry if self.train else self._eval_geometry
+        return {
+            "pixel_values": [geometry(decode_rgb(image)) for image in batch[self.image_column]],
+            "labels": [int(label) for label in batch[self.label_column]],
+        }
+
+
+def _normalization_affine(mean: Sequence[float], std: Sequence[float], device=None):
+    """`(scale, shift)`, each `(3, 1, 1)` float32, with `x * scale + shift == (x / 255 - mean) / std` for pixels x in
+    [0, 255]: normalisation as one multiply and one add, in place."""
+    mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    scale, shift = 1 / (255 * std), -mean / std
+    return scale.float().to(device)[:, None, None], shift.float().to(device)[:, None, None]
+
+
 def make_transform(
     family: str,
     train: bool,
@@ -90,43 +213,106 @@ def make_transform(
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-) -> BatchImageTransform:
+) -> BatchImageTransform | ImageNetTransform:
     """The reference's image transform of `family` ("cifar" or "imagenet"), for `Dataset.set_transform`.
 
     cifar (reference `datasets/cifar10.py`): train = RandomCrop `image_size` (32) with 4-pixel zero padding,
     horizontal flip (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only. Images of another size
     are first brought to `image_size` (`FitToSquare`: shorter side resized, centre crop), as the image processor does.
-    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): train =
-    RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip,
-    ColorJitter(0.4, 0.4, 0.4, hue 0), normalise; eval = resize the shorter side to `image_size * RESIZE_RATIO`
-    (256; antialiased bilinear, as PIL does), centre crop `image_size`, normalise. kornia's RandomResizedCrop does
-    not antialias. `mean`/`std` default to the family's (`DEFAULT_NORMALIZATION`); iNaturalist 2018 passes its own
+    Float32 output.
+    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): `ImageNetTransform`.
+    train = RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, as uint8:
+    pass `augment_imagenet_batch` (ColorJitter(0.4, 0.4, 0.4, hue 0) per image, normalisation) as the trainer's
+    `batch_augmentation`; eval = resize the shorter side to `image_size * RESIZE_RATIO` (256; antialiased bilinear,
+    as PIL does), centre crop `image_size`, normalise: float32.
+    `mean`/`std` default to the family's (`DEFAULT_NORMALIZATION`); iNaturalist 2018 passes its own
     (`INATURALIST_MEAN`/`INATURALIST_STD`, as the reference). Images of any PIL mode are converted to RGB.
     """
     size, mean, std = preprocessing_of(family, image_size, mean, std)
+    if family == "imagenet":
+        return ImageNetTransform(train, size, mean, std, image_column, label_column)
     normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
-    if family == "cifar":
-        per_image = FitToSquare(size)
-        if train:
-            batch_ops = torch.nn.Sequential(
-                K.RandomCrop((size, size), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
-            )
-        else:
-            batch_ops = torch.nn.Sequential(normalize)
-    elif train:
-        per_image = K.RandomResizedCrop((size, size), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), align_corners=False)
+    if train:
         batch_ops = torch.nn.Sequential(
-            K.RandomHorizontalFlip(p=0.5),
-            K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0),
-            normalize,
+            K.RandomCrop((size, size), padding=4, fill=0.0), K.RandomHorizontalFlip(p=0.5), normalize
         )
     else:
-        per_image = torch.nn.Sequential(
-            K.Resize(round(size * RESIZE_RATIO), side="short", antialias=True, align_corners=False),
-            K.CenterCrop(size),
-        )
         batch_ops = torch.nn.Sequential(normalize)
-    return BatchImageTransform(per_image, batch_ops, image_column, label_column)
+    return BatchImageTransform(FitToSquare(size), batch_ops, image_column, label_column)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ImageNet family on the training device: colour jitter per image, normalisation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _adjust_brightness_(images: torch.Tensor, factor: torch.Tensor) -> None:
+    """torchvision's `adjust_brightness` per image, in place on float images in [0, 255]: `b * x`, clamped."""
+    images.mul_(factor).clamp_(max=255.0)
+
+
+def _adjust_contrast_(images: torch.Tensor, factor: torch.Tensor) -> None:
+    """torchvision's `adjust_contrast` per image, in place: `c * x + (1 - c) * (mean grey of the image)`, clamped."""
+    mean_grey = TF.rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    images.mul_(factor).add_((1 - factor) * mean_grey).clamp_(0.0, 255.0)
+
+
+def _adjust_saturation_(images: torch.Tensor, factor: torch.Tensor) -> None:
+    """torchvision's `adjust_saturation` per image, in place: `s * x + (1 - s) * grey(x)`, clamped."""
+    grey = TF.rgb_to_grayscale(images).mul_(1 - factor)
+    images.mul_(factor).add_(grey).clamp_(0.0, 255.0)
+
+
+COLOUR_ADJUSTMENTS = (_adjust_brightness_, _adjust_contrast_, _adjust_saturation_)
+"""The adjustments of `ColorJitter(brightness, contrast, saturation)`, indexed as the columns of the factors."""
+CPU_CHUNK_IMAGES = 4
+"""On a CPU, `augment_imagenet_batch` adjusts this many images at a time, so that they stay in the cache."""
+
+
+def augment_imagenet_batch(
+    images: torch.Tensor,
+    train: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """The batch part of `make_transform("imagenet", train)` on a uint8 batch `[B, 3, H, W]`, on its device.
+
+    train: the reference's `ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0)` with per-image
+    parameters: each image draws its factors (b, c, s) uniformly from [0.6, 1.4] and its own random order of the three
+    adjustments (`COLOUR_ADJUSTMENTS`, each clamped to the pixel range), as torchvision's `ColorJitter` draws per call,
+    from the device's torch RNG. Images sharing an order are adjusted together. Then (train and eval) the pixels are
+    scaled to [0, 1] and normalised with `mean`/`std` (default: ImageNet's). Returns float32 `[B, 3, H, W]`.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"augment_imagenet_batch takes a uint8 [B, 3, H, W] batch, got {images.dtype} of shape "
+            f"{tuple(images.shape)}"
+        )
+    _, mean, std = preprocessing_of("imagenet", None, mean, std)
+    device = images.device
+    scale, shift = _normalization_affine(mean, std, device)
+    if not train:
+        return images.float().mul_(scale).add_(shift)
+    batch = images.shape[0]
+    factors = torch.empty(batch, 3, device=device).uniform_(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)
+    orders = torch.rand(batch, 3, device=device).argsort(dim=1)  # a uniform random permutation per image
+    codes = orders[:, 0] * 3 + orders[:, 1]  # the first two adjustments name the permutation
+    grouping = codes.argsort()
+    group_codes, group_sizes = torch.unique_consecutive(codes[grouping], return_counts=True)
+    chunk = CPU_CHUNK_IMAGES if device.type == "cpu" else batch
+    output = torch.empty(images.shape, dtype=torch.float32, device=device)
+    first = 0
+    for code, size in zip(group_codes.tolist(), group_sizes.tolist()):
+        order = (code // 3, code % 3, 3 - code // 3 - code % 3)
+        for start in range(first, first + size, chunk):
+            indices = grouping[start : min(start + chunk, first + size)]
+            pixels = images.index_select(0, indices).float()
+            chunk_factors = factors.index_select(0, indices)[:, :, None, None, None]
+            for adjustment in order:
+                COLOUR_ADJUSTMENTS[adjustment](pixels, chunk_factors[:, adjustment])
+            output.index_copy_(0, indices, pixels.mul_(scale).add_(shift))
+        first += size
+    return output
 
 
 # --------------------------------------------------------------------------------------------------------------------
