@@ -22,11 +22,18 @@ Other libraries bin differently and so give other ECEs on the same input:
   then get a different ECE; away from bin edges the two agree.
 * netcal's ``ECE`` defaults to 10 bins.
 
+Beyond the paper, the metrics the long-tailed calibration literature reports: classwise ECE (Kull et al.,
+NeurIPS 2019), adaptive equal-mass ECE (Nixon et al., CVPR-W 2019), the Brier score, and the top-1 ECE within
+each Many / Medium / Few group; and post-hoc temperature scaling (Guo et al., ICML 2017), scalar and class-wise,
+fit on held-out data (:func:`fit_temperature`, :func:`fit_classwise_temperatures`).
+
 Group accuracies follow the paper's Appendix A split by training-set size
 (Many > 100 images, Medium 20-100, Few < 20), or the fixed index ranges of the
 authors' CIFAR configs (see :func:`class_groups`).
 """
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +132,32 @@ class CalibrationBins:
         return float(self.gaps[self.counts > 0].max())
 
 
+def _bin_index(values, edges):
+    """0-based index of the equal-width bin ``(edges[b], edges[b + 1]]`` holding each value; 0 goes into bin 0."""
+    return np.maximum(np.digitize(values, edges, right=True), 1) - 1
+
+
+def _check_confidences_and_correct(confidences, correct, n_bins):
+    """float64 confidences in ``[0, 1]`` and float64 0/1 correctness, both ``[N]``, validated with ``n_bins``."""
+    confidences = _to_numpy(confidences, "confidences", np.float64)
+    correct = _to_numpy(correct, "correct")
+    if confidences.ndim != 1 or confidences.size == 0:
+        raise ValueError(f"confidences must be a non-empty 1-D array, got shape {confidences.shape}")
+    if correct.shape != confidences.shape:
+        raise ValueError(f"correct must have shape {confidences.shape} to match confidences, got {correct.shape}")
+    if not np.all((confidences >= 0.0) & (confidences <= 1.0)):
+        raise ValueError("confidences must lie in [0, 1]: pass softmax probabilities, not logits")
+    if not np.all((correct == 0) | (correct == 1)):
+        raise ValueError("correct must hold booleans or 0/1 values")
+    _check_n_bins(n_bins)
+    return confidences, correct.astype(np.float64)
+
+
+def _check_n_bins(n_bins):
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+
+
 def calibration_bins(confidences, correct, n_bins=15):
     """Bin top-1 predictions by confidence as the MiSLAS reference does (Sec. 2, ECE).
 
@@ -140,21 +173,9 @@ def calibration_bins(confidences, correct, n_bins=15):
     Returns:
         :class:`CalibrationBins`.
     """
-    confidences = _to_numpy(confidences, "confidences", np.float64)
-    correct = _to_numpy(correct, "correct")
-    if confidences.ndim != 1 or confidences.size == 0:
-        raise ValueError(f"confidences must be a non-empty 1-D array, got shape {confidences.shape}")
-    if correct.shape != confidences.shape:
-        raise ValueError(f"correct must have shape {confidences.shape} to match confidences, got {correct.shape}")
-    if not np.all((confidences >= 0.0) & (confidences <= 1.0)):
-        raise ValueError("confidences must lie in [0, 1]: pass softmax probabilities, not logits")
-    if not np.all((correct == 0) | (correct == 1)):
-        raise ValueError("correct must hold booleans or 0/1 values")
-    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-
+    confidences, correct = _check_confidences_and_correct(confidences, correct, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bin_index = np.maximum(np.digitize(confidences, edges, right=True), 1) - 1
+    bin_index = _bin_index(confidences, edges)
     counts = np.bincount(bin_index, minlength=n_bins)
 
     def bin_means(values):
@@ -164,7 +185,7 @@ def calibration_bins(confidences, correct, n_bins=15):
     return CalibrationBins(
         edges=edges,
         counts=counts,
-        accuracies=bin_means(correct.astype(np.float64)),
+        accuracies=bin_means(correct),
         confidences=bin_means(confidences),
     )
 
@@ -181,6 +202,70 @@ def expected_calibration_error(confidences, correct, n_bins=15):
 def maximum_calibration_error(confidences, correct, n_bins=15):
     """Maximum calibration error: the largest ``|acc(S_b) - conf(S_b)|`` over non-empty bins, a fraction."""
     return calibration_bins(confidences, correct, n_bins).mce
+
+
+def _check_probabilities(probabilities, labels):
+    """Validated float64 ``[N, K]`` probabilities (rows in ``[0, 1]`` summing to 1) and int64 ``[N]`` labels."""
+    probabilities, labels = _check_scores_and_labels(probabilities, labels, "probabilities")
+    if np.any(probabilities < 0.0) or np.any(probabilities > 1.0) or np.any(
+        np.abs(probabilities.sum(axis=1) - 1.0) > 1e-3
+    ):
+        raise ValueError("probabilities must be rows of softmax outputs (in [0, 1], summing to 1), not logits")
+    return probabilities, labels
+
+
+def classwise_expected_calibration_error(probabilities, labels, n_bins=15):
+    """Classwise ECE (Kull et al., NeurIPS 2019) as a fraction: the mean over all K classes of the ECE of
+    ``p_k`` against ``1[y = k]`` over all N samples.
+
+    For class k the N probabilities ``p_k`` go into ``n_bins`` equal-width bins ``(a, b]`` (as the top-1 ECE of
+    :func:`calibration_bins`, a probability of exactly 0 in the first bin) and
+    ``ECE_k = sum_b |S_b| / N * |mean_{S_b} 1[y = k] - mean_{S_b} p_k|``. A class absent from ``labels`` counts
+    too: every bin's frequency is 0, so its ECE is the mean of its ``p_k``.
+
+    Args:
+        probabilities: ``[N, K]`` softmax outputs.
+        labels: ``[N]`` integer labels.
+        n_bins: number of bins per class.
+    """
+    probabilities, labels = _check_probabilities(probabilities, labels)
+    _check_n_bins(n_bins)
+    num_samples, num_classes = probabilities.shape
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    total = 0.0
+    for first in range(0, num_classes, 64):  # blocks of classes bound the memory at N x 64 per array
+        block = probabilities[:, first : first + 64]
+        classes = np.arange(first, first + block.shape[1])
+        slot = (_bin_index(block, edges) + n_bins * np.arange(block.shape[1])).ravel()  # (class, bin) pairs
+        size = n_bins * block.shape[1]
+        targets = (labels[:, None] == classes[None, :]).astype(np.float64).ravel()
+        # |S_b| / N * |acc - conf| = |sum_{S_b} 1[y = k] - sum_{S_b} p_k| / N
+        gaps = np.bincount(slot, weights=targets, minlength=size) - np.bincount(slot, weights=block.ravel(),
+                                                                                 minlength=size)
+        total += np.abs(gaps).sum() / num_samples
+    return float(total / num_classes)
+
+
+def adaptive_expected_calibration_error(confidences, correct, n_bins=15):
+    """Adaptive (equal-mass) ECE of top-1 predictions (Nixon et al., CVPR Workshops 2019) as a fraction.
+
+    The N predictions are sorted by confidence (a stable sort, so ties keep their input order) and cut into
+    ``n_bins`` contiguous groups whose sizes differ by at most one, the larger groups first (``numpy.array_split``);
+    ``ECE = sum_g |S_g| / N * |acc(S_g) - conf(S_g)|``. With fewer samples than bins the empty groups count 0.
+    """
+    confidences, correct = _check_confidences_and_correct(confidences, correct, n_bins)
+    order = np.argsort(confidences, kind="stable")
+    total = sum(abs(correct[group].sum() - confidences[group].sum()) for group in np.array_split(order, n_bins))
+    return float(total / len(confidences))
+
+
+def brier_score(probabilities, labels):
+    """Multi-class Brier score (Brier 1950): the mean over samples of ``sum_k (p_k - 1[y = k])^2``, in ``[0, 2]``."""
+    probabilities, labels = _check_probabilities(probabilities, labels)
+    squared_errors = np.square(probabilities)
+    rows = np.arange(len(labels))
+    squared_errors[rows, labels] = np.square(1.0 - probabilities[rows, labels])
+    return float(squared_errors.sum(axis=1).mean())
 
 
 def negative_log_likelihood(logits, labels):
@@ -262,7 +347,11 @@ def calibration_metrics(
       the long-tailed benchmarks this equals the reference's mean of
       per-class accuracies. A group without test samples (e.g. no class with
       more than 100 training images) has no key, rather than a 0 accuracy;
-    * ``ece``, ``mce`` (Sec. 2, ``n_bins`` bins), ``nll`` (mean, natural log).
+    * ``ece``, ``mce`` (Sec. 2, ``n_bins`` bins), ``nll`` (mean, natural log);
+    * ``classwise_ece`` (:func:`classwise_expected_calibration_error`), ``adaptive_ece``
+      (:func:`adaptive_expected_calibration_error`), ``brier`` (:func:`brier_score`), all with ``n_bins`` bins;
+    * ``many_ece``, ``medium_ece``, ``few_ece`` when ``class_counts`` is given: the top-1 ECE over the test
+      samples whose label is in the group (absent like the group accuracies when the group has no test sample).
 
     Args:
         logits: ``[N, K]`` float logits (array or tensor).
@@ -291,11 +380,110 @@ def calibration_metrics(
             in_group = np.isin(labels, members)
             if in_group.any():
                 metrics[f"{name}_accuracy"] = float(correct[in_group].mean())
+                metrics[f"{name}_ece"] = expected_calibration_error(confidences[in_group], correct[in_group], n_bins)
     bins = calibration_bins(confidences, correct, n_bins)
     metrics["ece"] = bins.ece
     metrics["mce"] = bins.mce
     metrics["nll"] = negative_log_likelihood(logits, labels)
+    metrics["classwise_ece"] = classwise_expected_calibration_error(probabilities, labels, n_bins)
+    metrics["adaptive_ece"] = adaptive_expected_calibration_error(confidences, correct, n_bins)
+    metrics["brier"] = brier_score(probabilities, labels)
     return metrics
+
+
+def _scaled_nll(logits, labels, log_temperatures):
+    """Mean NLL of ``softmax(logits / exp(log_temperatures))`` (float64 tensors)."""
+    return torch.nn.functional.cross_entropy(logits / log_temperatures.exp(), labels)
+
+
+def _fit_log_temperatures(logits, labels, num_temperatures, penalty=None):
+    """log T minimising the mean NLL of ``softmax(z / T)`` (plus ``penalty(log_T)``), by L-BFGS in float64.
+
+    ``num_temperatures`` is 1 (one T for all logits) or K (``T_k`` divides the logit of class k). Optimising
+    log T keeps every T positive."""
+    logits_tensor, labels_tensor = torch.from_numpy(logits), torch.from_numpy(labels)
+    log_temperatures = torch.zeros(num_temperatures, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [log_temperatures], lr=1.0, max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-15,
+        history_size=20, line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = _scaled_nll(logits_tensor, labels_tensor, log_temperatures)
+        if penalty is not None:
+            loss = loss + penalty(log_temperatures)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return log_temperatures.detach()
+
+
+def fit_temperature(logits, labels):
+    """Temperature scaling (Guo et al., ICML 2017): the scalar T > 0 minimising the mean NLL of
+    ``softmax(logits / T)`` on held-out data, never on the test set.
+
+    The NLL is convex in 1 / T, so a minimum is unique; it is found by L-BFGS on log T (strong-Wolfe line
+    search, float64, gradient tolerance 1e-12). Raises ``ValueError`` when there is no minimum at a finite
+    positive T: held-out predictions all correct with separable logits (the NLL falls towards 0 as T -> 0), or
+    logits that carry no information (the NLL is flat).
+
+    Args:
+        logits: ``[N, K]`` held-out logits of the uncalibrated model.
+        labels: ``[N]`` integer labels.
+
+    Returns:
+        T as a float (T > 1 softens over-confident predictions).
+    """
+    logits, labels = _check_scores_and_labels(logits, labels, "logits")
+    log_temperature = _fit_log_temperatures(logits, labels, 1)
+    logits_tensor, labels_tensor = torch.from_numpy(logits), torch.from_numpy(labels)
+    at_minimum, below, above = (
+        _scaled_nll(logits_tensor, labels_tensor, log_temperature + step).item() for step in (0.0, -0.01, 0.01)
+    )
+    if not (below > at_minimum < above and math.isfinite(at_minimum)):
+        raise ValueError(
+            f"the held-out NLL has no minimum at a finite positive temperature (it still falls or is flat at "
+            f"T = {math.exp(log_temperature.item()):.3g}): the held-out predictions are all correct and separable, or "
+            "carry no information; fit on a larger held-out split"
+        )
+    return math.exp(log_temperature.item())
+
+
+def fit_classwise_temperatures(logits, labels, regularization=5.0):
+    """Class-wise temperature scaling: one ``T_k > 0`` per class, the logit of class k divided by ``T_k``, all K
+    fit jointly by the NLL of ``softmax(z / T)`` on held-out data.
+
+    On long-tailed data the held-out split is long-tailed too, so tail classes have a handful of images (or none).
+    Their temperatures are regularised towards the scalar temperature ``T`` of :func:`fit_temperature`: the
+    objective is ``mean NLL + regularization / N * sum_k (log T_k - log T)^2``, i.e. a Gaussian prior on
+    ``log T_k`` centred on ``log T`` that weighs like ``regularization`` held-out images (default 5). A class
+    with many held-out images moves away from ``T`` as its data say; for a class with none, the data (its logit
+    in every softmax denominator) alone would drive ``T_k`` to 0 (or infinity), and the prior keeps it finite.
+    ``regularization`` must therefore be positive.
+
+    Args:
+        logits: ``[N, K]`` held-out logits of the uncalibrated model.
+        labels: ``[N]`` integer labels.
+        regularization: weight of the pull of ``log T_k`` towards ``log T``, in held-out images (> 0).
+
+    Returns:
+        ``[K]`` float64 array of temperatures.
+    """
+    logits, labels = _check_scores_and_labels(logits, labels, "logits")
+    if isinstance(regularization, bool) or not isinstance(regularization, numbers.Real) or not regularization > 0:
+        raise ValueError(
+            f"regularization must be a positive number (held-out images of prior weight), got {regularization!r}: "
+            "without the prior the temperature of a class with no held-out image runs off to 0 or infinity"
+        )
+    scalar_log_temperature = math.log(fit_temperature(logits, labels))
+    weight = float(regularization) / len(labels)
+
+    def penalty(log_temperatures):
+        return weight * torch.sum(torch.square(log_temperatures - scalar_log_temperature))
+
+    return _fit_log_temperatures(logits, labels, logits.shape[1], penalty).exp().numpy()
 
 
 def compute_metrics(class_counts=None, class_group_boundaries=None, n_bins=15, many_threshold=100, few_threshold=20):

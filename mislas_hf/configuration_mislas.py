@@ -1,5 +1,7 @@
 """MiSLAS model configuration."""
 
+import math
+
 from transformers import PreTrainedConfig
 
 # name -> (family, layer_type, depths, hidden_sizes). "cifar" is the CIFAR ResNet of He et al. (option-A
@@ -103,6 +105,19 @@ class MislasConfig(PreTrainedConfig):
             classifier train: the reference's Places-LT recipe.
         num_channels (`int`, defaults to 3):
             Number of input channels.
+        temperature (`float` or `list[float]`, defaults to 1.0):
+            Post-hoc temperature scaling (Guo et al., ICML 2017): the forward divides the head's output (Eq. 4) by
+            it, so `from_pretrained`, AutoModel and `pipeline` give calibrated probabilities. A number is one T for
+            all classes; a list of `num_labels` numbers is class-wise, `T_k` dividing the logit of class k. 1.0 is
+            no scaling. Set by `recipes/calibrate.py`; every T must be positive.
+        calibration (`dict`, *optional*):
+            How `temperature` was fit (method, held-out split and its size, NLL before and after), for the model
+            card. None for an uncalibrated model.
+        held_out_split (`dict`, *optional*):
+            The per-class hold-out of the training set that `--validation_split_percentage` made: `percentage`,
+            `seed`, the data options `dataset`, `imbalance_factor`, `split_seed`, and `class_counts` (held-out
+            images per class). `recipes/calibrate.py` rebuilds exactly these images to fit the temperature on and
+            refuses when they differ.
     """
 
     model_type = "mislas"
@@ -119,6 +134,9 @@ class MislasConfig(PreTrainedConfig):
     extra_block: bool = False
     freeze_backbone: bool = False
     num_channels: int = 3
+    temperature: float | list[float] = 1.0
+    calibration: dict | None = None
+    held_out_split: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -154,6 +172,18 @@ class MislasConfig(PreTrainedConfig):
                     f"0 <= a <= b <= num_labels ({self.num_labels})."
                 )
             self.class_group_boundaries = [first, second]
+        self.temperature = self._checked_temperature(self.temperature)
+
+    def _checked_temperature(self, temperature) -> float | list[float]:
+        values = [float(t) for t in temperature] if isinstance(temperature, (list, tuple)) else [float(temperature)]
+        if isinstance(temperature, (list, tuple)) and len(values) != self.num_labels:
+            raise ValueError(
+                f"MislasConfig.temperature has {len(values)} entries but num_labels is {self.num_labels}: give one "
+                "temperature, or one per class in label order."
+            )
+        if not all(math.isfinite(t) and t > 0 for t in values):
+            raise ValueError(f"MislasConfig.temperature={temperature} must be positive and finite (1.0: no scaling).")
+        return values if isinstance(temperature, (list, tuple)) else values[0]
 
     @property
     def family(self) -> str:

@@ -11,7 +11,10 @@ ones into the `model-index`.
 to the Hub in one commit.
 
 Metrics are fractions in code (as `mislas_hf.calibration.calibration_metrics` returns them); the card shows
-accuracies, ECE and MCE in percent rounded to 2 decimals (`card_metric_value`) and NLL in nats rounded to 4.
+accuracies and the ECE family in percent rounded to 2 decimals (`card_metric_value`), NLL in nats and the Brier
+score rounded to 4. A second table holds the long-tailed calibration metrics (classwise and adaptive ECE, ECE
+per Many / Medium / Few group, Brier score); the card of a temperature-scaled model says how and on what its
+temperature was fit.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ class CardMetric:
     key: str
     name: str  # shown in tables and as `metric_name`; "{n_bins}" is filled in
     metric_type: str
-    percent: bool  # shown as 100 * fraction; otherwise as is (NLL, in nats)
+    percent: bool  # shown as 100 * fraction; otherwise as is (NLL in nats, Brier score), 4 decimals
     in_model_index: bool
+    table: str = "main"  # "main": the paper's metrics; "calibration": the long-tailed calibration metrics
 
 
 CARD_METRICS = (
@@ -60,8 +64,15 @@ CARD_METRICS = (
     CardMetric("ece", "ECE ({n_bins} bins, %)", "ece", True, True),
     CardMetric("mce", "MCE ({n_bins} bins, %)", "mce", True, True),
     CardMetric("nll", "NLL (nats)", "nll", False, True),
+    CardMetric("classwise_ece", "Classwise ECE ({n_bins} bins, %)", "classwise_ece", True, True, "calibration"),
+    CardMetric("adaptive_ece", "Adaptive ECE ({n_bins} equal-mass bins, %)", "adaptive_ece", True, True, "calibration"),
+    CardMetric("many_ece", "Many-shot ECE ({n_bins} bins, %)", "ece", True, True, "calibration"),
+    CardMetric("medium_ece", "Medium-shot ECE ({n_bins} bins, %)", "ece", True, True, "calibration"),
+    CardMetric("few_ece", "Few-shot ECE ({n_bins} bins, %)", "ece", True, True, "calibration"),
+    CardMetric("brier", "Brier score", "brier", False, True, "calibration"),
 )
-"""Metrics a card can show, in table order. Many/Medium/Few and top-5 are optional; the others are required."""
+"""Metrics a card can show, in table order. Accuracy, ECE, MCE and NLL are required; the others are optional (the
+calibration table of models evaluated before it existed stays empty)."""
 
 REQUIRED_METRICS = ("accuracy", "ece", "mce", "nll")
 METRIC_PREFIXES = ("eval_", "test_")
@@ -101,7 +112,8 @@ REDACTED = "<redacted>"
 
 
 def card_metric_value(key: str, fraction: float) -> float:
-    """The value a card shows for metric `key`: percent rounded to 2 decimals, or NLL (nats) rounded to 4."""
+    """The value a card shows for metric `key`: percent rounded to 2 decimals, or NLL (nats) and Brier score
+    rounded to 4."""
     metric = _card_metric(key)
     return round(100 * fraction, 2) if metric.percent else round(fraction, 4)
 
@@ -140,6 +152,8 @@ def normalize_metrics(metrics: Mapping[str, object], required=REQUIRED_METRICS, 
             )
         if key == "nll" and value < 0:
             raise ValueError(f"{what}[{name!r}] = {value} is negative: NLL is a mean negative log-likelihood")
+        if key == "brier" and not 0.0 <= value <= 2.0:
+            raise ValueError(f"{what}[{name!r}] = {value} is outside [0, 2], the range of the multi-class Brier score")
         if key in values and values[key] != value:
             raise ValueError(f"{what} has {spelled[key]!r} = {values[key]} and {name!r} = {value}: keep one of them")
         values[key], spelled[key] = value, name
@@ -184,10 +198,10 @@ def class_count_profile(model_config) -> dict | None:
     }
 
 
-def _metric_rows(values: dict, n_bins: int) -> list[tuple[str, str]]:
+def _metric_rows(values: dict, n_bins: int, table: str = "main") -> list[tuple[str, str]]:
     rows = []
     for metric in CARD_METRICS:
-        if metric.key in values:
+        if metric.key in values and metric.table == table:
             shown = card_metric_value(metric.key, values[metric.key])
             rows.append((metric.name.format(n_bins=n_bins), f"{shown:.2f}" if metric.percent else f"{shown:.4f}"))
     return rows
@@ -211,7 +225,34 @@ def _model_description(model_config) -> list[str]:
     ]
     if model_config.freeze_backbone:
         lines.append("**Frozen backbone:** the ImageNet-pretrained backbone was kept fixed in both stages.")
+    calibration = temperature_description(model_config)
+    if calibration:
+        lines.append(f"**Post-hoc calibration:** {calibration}")
     return lines
+
+
+def temperature_description(model_config) -> str | None:
+    """One sentence on the temperature of `model_config` and how it was fit (None for an uncalibrated model)."""
+    temperature = getattr(model_config, "temperature", 1.0)
+    calibration = getattr(model_config, "calibration", None)
+    if calibration is None and temperature == 1.0:
+        return None
+    if isinstance(temperature, list):
+        shown = (f"class-wise temperatures T_k from {min(temperature):.4g} to {max(temperature):.4g} "
+                 f"(`config.temperature`, one per class)")
+    else:
+        shown = f"temperature T = {temperature:.4g} (`config.temperature`)"
+    text = f"the model divides its logits by a {shown}, so the probabilities it returns are the calibrated ones."
+    if calibration is not None:
+        method = ("class-wise temperature scaling (one T per class, log T_k pulled towards the scalar T with a "
+                  f"weight of {calibration['regularization']:g} held-out images)"
+                  if calibration["method"] == "classwise_temperature" else "temperature scaling (Guo et al., 2017)")
+        text += (
+            f" Fit by {method}, minimising the NLL on {calibration['fit_on']}, never on the test split; held-out "
+            f"NLL {calibration['held_out_nll_before']:.4f} before, {calibration['held_out_nll_after']:.4f} after. "
+            f"Uncalibrated model: `{calibration['uncalibrated_model']}`."
+        )
+    return text
 
 
 def _labels_note(model_config) -> str:
@@ -338,6 +379,7 @@ def build_model_card(
         training_config_yaml=training_config_yaml.strip() if training_config_yaml else None,
         dataset_name=dataset_name,
         measured_rows=_metric_rows(measured, n_bins),
+        calibration_rows=_metric_rows(measured, n_bins, table="calibration"),
         paper_rows=_metric_rows(paper, n_bins),
         paper_source=f"Source: {paper_source}. Reported for the same benchmark and backbone; not a measurement "
         f"of the weights in this repository.",

@@ -306,8 +306,10 @@ class MislasModel(MislasPreTrainedModel):
 
 class MislasForImageClassification(MislasPreTrainedModel):
     """
-    MiSLAS image classifier: [`MislasModel`] features and the scaled-shift head of Eq. (4). With `labels`, the
-    loss is plain cross-entropy; the two-stage losses (mixup, label-aware smoothing) live in the trainer.
+    MiSLAS image classifier: [`MislasModel`] features and the scaled-shift head of Eq. (4), whose output is divided
+    by `config.temperature` (post-hoc temperature scaling; 1.0 by default, a no-op). With `labels`, the loss is
+    plain cross-entropy of the returned logits; the two-stage losses (mixup, label-aware smoothing) live in the
+    trainer.
 
     Stage 1 trains backbone, W and b. [`prepare_stage2`] switches to classifier learning.
     """
@@ -343,6 +345,7 @@ class MislasForImageClassification(MislasPreTrainedModel):
         self.mislas.freeze_features(shift_bn)
         self.set_head_mode(head_mode)
         self.config.stage = 2
+        self.config.temperature, self.config.calibration = 1.0, None  # a temperature fit to the old head is void
 
     def forward(
         self,
@@ -359,6 +362,8 @@ class MislasForImageClassification(MislasPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.mislas(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
+        if self.config.temperature != 1.0:  # post-hoc temperature scaling: z / T, or z_k / T_k class-wise
+            logits = logits / torch.tensor(self.config.temperature, dtype=logits.dtype, device=logits.device)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())

@@ -9,13 +9,18 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from mislas_hf.calibration import (
+    adaptive_expected_calibration_error,
+    brier_score,
     calibration_bins,
+    classwise_expected_calibration_error,
     calibration_metrics,
     class_groups,
     compute_metrics,
     confidence_and_correctness,
     draw_reliability_diagram,
     expected_calibration_error,
+    fit_classwise_temperatures,
+    fit_temperature,
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_diagram,
@@ -228,7 +233,8 @@ def test_calibration_metrics_by_hand():
     assert metrics["mce"] == pytest.approx(0.8, abs=1e-12)
     assert metrics["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(0.4) + math.log(0.1)) / 4)
     assert set(metrics) == {"accuracy", "top5_accuracy", "many_accuracy", "medium_accuracy", "few_accuracy",
-                            "ece", "mce", "nll"}
+                            "ece", "mce", "nll", "classwise_ece", "adaptive_ece", "brier", "many_ece", "medium_ece",
+                            "few_ece"}
 
 
 def test_calibration_metrics_group_accuracy_equals_per_class_mean_on_balanced_test_set():
@@ -275,19 +281,235 @@ def test_calibration_metrics_reject_bad_input(logits, labels, kwargs, match):
         calibration_metrics(logits, labels, **kwargs)
 
 
+def loop_bin_members(values, n_bins):
+    """Members of each equal-width bin (a, b] (0 in the first bin), by explicit comparisons."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return [[i for i, v in enumerate(values) if edges[b] < v <= edges[b + 1] or (b == 0 and v == 0.0)]
+            for b in range(n_bins)]
+
+
+def loop_ece(confidences, correct, n_bins=15):
+    """Top-1 ECE by a loop over bins."""
+    total = 0.0
+    for members in loop_bin_members(confidences, n_bins):
+        if members:
+            total += len(members) * abs(np.mean([correct[i] for i in members]) -
+                                        np.mean([confidences[i] for i in members]))
+    return total / len(confidences)
+
+
+def loop_classwise_ece(probabilities, labels, n_bins=15):
+    """Kull et al. (2019): mean over classes k of the ECE of p_k against 1[y = k], by loops over classes and bins."""
+    n, k = probabilities.shape
+    per_class = []
+    for c in range(k):
+        column, hits = probabilities[:, c], [1.0 if label == c else 0.0 for label in labels]
+        total = 0.0
+        for members in loop_bin_members(column, n_bins):
+            if members:
+                total += len(members) / n * abs(sum(hits[i] for i in members) / len(members)
+                                                - sum(column[i] for i in members) / len(members))
+        per_class.append(total)
+    return sum(per_class) / k
+
+
+def loop_adaptive_ece(confidences, correct, n_bins=15):
+    """Nixon et al. (2019): sorted by (confidence, input position), cut into groups of sizes n // B + 1 (the first
+    n % B groups) and n // B, each weighted by its share."""
+    n = len(confidences)
+    order = [i for _, i in sorted((confidences[i], i) for i in range(n))]
+    sizes = [n // n_bins + 1] * (n % n_bins) + [n // n_bins] * (n_bins - n % n_bins)
+    total, start = 0.0, 0
+    for size in sizes:
+        group = order[start : start + size]
+        start += size
+        if group:
+            total += size / n * abs(np.mean([correct[i] for i in group]) - np.mean([confidences[i] for i in group]))
+    return total
+
+
+def loop_brier(probabilities, labels):
+    n, k = probabilities.shape
+    return sum(sum((probabilities[i, c] - (1.0 if labels[i] == c else 0.0)) ** 2 for c in range(k))
+               for i in range(n)) / n
+
+
+def test_new_metrics_match_loops_on_random_logits():
+    for seed, (n, k) in enumerate([(700, 10), (301, 7), (40, 100)]):
+        logits, labels = random_predictions(10 + seed, n=n, k=k)
+        probabilities = softmax64(logits)
+        confidences, correct = probabilities.max(1), probabilities.argmax(1) == labels
+        assert classwise_expected_calibration_error(probabilities, labels) == pytest.approx(
+            loop_classwise_ece(probabilities, labels), abs=1e-9)
+        assert adaptive_expected_calibration_error(confidences, correct) == pytest.approx(
+            loop_adaptive_ece(confidences, correct), abs=1e-9)
+        assert brier_score(probabilities, labels) == pytest.approx(loop_brier(probabilities, labels), abs=1e-9)
+        assert 0 < loop_classwise_ece(probabilities, labels) < 1 and 0 < loop_brier(probabilities, labels) < 2
+
+
+def test_adaptive_ece_ties_keep_input_order_and_few_samples_leave_empty_groups():
+    # Ten equal confidences, correctness alternating in blocks: which samples share a group decides the value.
+    confidences = np.array([0.6] * 10 + [0.9, 0.9])
+    correct = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 0])
+    # 4 groups of 3 in input order: [1,1,1] [0,0,0] [1,1,0] at 0.6, then [1 (0.6), 1 (0.9), 0 (0.9)] at mean 0.8.
+    by_hand = (abs(1 - 0.6) + abs(0 - 0.6) + abs(2 / 3 - 0.6) + abs(2 / 3 - 0.8)) * 3 / 12
+    assert adaptive_expected_calibration_error(confidences, correct, n_bins=4) == pytest.approx(by_hand, abs=1e-12)
+    assert loop_adaptive_ece(confidences, correct, 4) == pytest.approx(by_hand, abs=1e-12)
+    shuffled = adaptive_expected_calibration_error(confidences[::-1].copy(), correct[::-1].copy(), n_bins=4)
+    assert shuffled != pytest.approx(by_hand)  # ties in another input order give other groups
+    # 12 samples in 15 groups: sizes 1 (x12) then 3 empty groups; equals the mean |correct - confidence|.
+    assert adaptive_expected_calibration_error(confidences, correct) == pytest.approx(
+        np.mean(np.abs(correct - confidences)), abs=1e-12)
+    assert loop_adaptive_ece(confidences, correct) == pytest.approx(np.mean(np.abs(correct - confidences)), abs=1e-12)
+
+
+def test_classwise_ece_and_brier_edge_cases_by_hand():
+    # K = 3, class 2 absent from the labels; probabilities on bin edges (0, 1/3, 0.5, 1) and empty bins.
+    probabilities = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    labels = np.array([0, 1, 0, 1])
+    # 2 bins (0, .5], (.5, 1], 0 in the first. Class 0: {0.5, 0.5, 1/3} vs hits {0, 1, 0}: |1 - 4/3| / 4;
+    # {1.0} vs {1}: 0. Class 1: {0, .5, .25, 1/3} vs {0, 1, 0, 1}: |2 - 13/12| / 4. Class 2 (absent): sum p / 4.
+    class0, class1, class2 = (1 / 3) / 4, (11 / 12) / 4, (0.25 + 1 / 3) / 4
+    expected = (class0 + class1 + class2) / 3
+    assert classwise_expected_calibration_error(probabilities, labels, n_bins=2) == pytest.approx(expected, abs=1e-12)
+    assert loop_classwise_ece(probabilities, labels, 2) == pytest.approx(expected, abs=1e-12)
+    assert classwise_expected_calibration_error(probabilities, labels) == pytest.approx(
+        loop_classwise_ece(probabilities, labels), abs=1e-12)  # 15 bins, most empty
+    # Brier: (0) + (.25 + .25) + (.25 + .0625 + .0625) + (1/9 + 4/9 + 1/9), over 4.
+    assert brier_score(probabilities, labels) == pytest.approx((0.5 + 0.375 + 2 / 3) / 4, abs=1e-12)
+    assert brier_score(np.eye(3), [0, 1, 2]) == 0.0 and brier_score(np.eye(3), [1, 2, 0]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("function", [classwise_expected_calibration_error, brier_score])
+def test_probability_metrics_reject_logits(function):
+    with pytest.raises(ValueError, match="not logits"):
+        function(np.array([[2.0, -1.0]]), np.array([0]))
+
+
+def test_group_eces_are_the_ece_of_each_groups_test_samples():
+    logits, labels = random_predictions(20, n=900, k=10)
+    counts = [500, 400, 300, 200, 150, 90, 60, 30, 15, 5]  # many {0..4}, medium {5, 6, 7}, few {8, 9}
+    metrics = calibration_metrics(logits, labels, class_counts=counts)
+    probabilities = softmax64(logits)
+    for name, members in {"many": [0, 1, 2, 3, 4], "medium": [5, 6, 7], "few": [8, 9]}.items():
+        rows = [i for i in range(900) if labels[i] in members]
+        expected = loop_ece(probabilities[rows].max(1), probabilities[rows].argmax(1) == labels[rows])
+        assert metrics[f"{name}_ece"] == pytest.approx(expected, abs=1e-9)
+    metrics = calibration_metrics(logits, labels % 5, class_counts=counts)  # no test sample of a medium/few class
+    assert "many_ece" in metrics and "medium_ece" not in metrics and "few_ece" not in metrics
+
+
+def independent_metrics(logits, labels, groups):
+    """Every key of calibration_metrics, computed without mislas_hf: torch softmax / cross-entropy and loops."""
+    logits_tensor = torch.as_tensor(logits, dtype=torch.float64)
+    probabilities = logits_tensor.softmax(1).numpy()
+    confidences, predictions = probabilities.max(1), probabilities.argmax(1)
+    correct = predictions == labels
+    top5 = np.argsort(-probabilities, axis=1, kind="stable")[:, :5]
+    metrics = {
+        "accuracy": correct.mean(),
+        "top5_accuracy": np.mean([labels[i] in top5[i] for i in range(len(labels))]),
+        "ece": loop_ece(confidences, correct),
+        "mce": reference_calibration(confidences, correct)["mce"],
+        "nll": F.cross_entropy(logits_tensor, torch.as_tensor(labels)).item(),
+        "classwise_ece": loop_classwise_ece(probabilities, labels),
+        "adaptive_ece": loop_adaptive_ece(confidences, correct),
+        "brier": loop_brier(probabilities, labels),
+    }
+    for name, members in groups.items():
+        rows = np.isin(labels, members)
+        metrics[f"{name}_accuracy"] = correct[rows].mean()
+        metrics[f"{name}_ece"] = loop_ece(confidences[rows], correct[rows])
+    return metrics
+
+
 def test_compute_metrics_for_trainer():
     from transformers import EvalPrediction
 
     logits, labels = random_predictions(6, n=200, k=10)
     counts = [500, 400, 300, 200, 150, 90, 60, 30, 15, 5]
-    expected = calibration_metrics(logits, labels, class_counts=counts)
+    expected = independent_metrics(logits, labels, {"many": [0, 1, 2, 3, 4], "medium": [5, 6, 7], "few": [8, 9]})
     callback = compute_metrics(class_counts=counts)
-    assert callback(EvalPrediction(predictions=logits, label_ids=labels)) == expected
-    hidden = np.zeros((200, 3))
-    assert callback(EvalPrediction(predictions=(logits, hidden), label_ids=labels)) == expected
-    assert expected["ece"] == pytest.approx(
-        expected_calibration_error(*confidence_and_correctness(softmax64(logits), labels)), abs=1e-15
-    )
+    for predictions in (logits, (logits, np.zeros((200, 3)))):  # a tuple: logits first
+        metrics = callback(EvalPrediction(predictions=predictions, label_ids=labels))
+        assert set(metrics) == set(expected)
+        for key, value in expected.items():
+            assert metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+def overconfident_logits(true_temperature, seed=0):
+    """Logits whose label frequencies match softmax(z) exactly (rows repeated with labels in the proportions of
+    their probabilities), then multiplied by `true_temperature`: the NLL of softmax(z' / T) is minimal at exactly
+    T = true_temperature, with no sampling noise."""
+    rng = np.random.default_rng(seed)
+    logits, labels = [], []
+    for _ in range(60):
+        label_counts = rng.integers(1, 6, size=5)  # 5 classes, each seen 1-5 times among this row's copies
+        base = np.log(label_counts / label_counts.sum()) + rng.normal()
+        for label, count in enumerate(label_counts):
+            logits += [base * true_temperature] * count
+            labels += [label] * count
+    return np.array(logits), np.array(labels)
+
+
+def nll_at(logits, labels, temperature):
+    return F.cross_entropy(torch.as_tensor(logits / temperature), torch.as_tensor(labels)).item()
+
+
+@pytest.mark.parametrize("true_temperature", [2.5, 0.7])
+def test_fit_temperature_recovers_a_known_temperature(true_temperature):
+    logits, labels = overconfident_logits(true_temperature)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(true_temperature, abs=1e-3)
+    fitted_nll = nll_at(logits, labels, temperature)
+    assert fitted_nll < nll_at(logits, labels, temperature * 1.1)
+    assert fitted_nll < nll_at(logits, labels, temperature / 1.1)
+
+
+def test_fit_temperature_minimises_nll_on_random_logits():
+    logits, labels = random_predictions(30, n=500, k=10)
+    logits = logits * 3  # over-confident
+    temperature = fit_temperature(torch.as_tensor(logits).float(), torch.as_tensor(labels))
+    grid = np.exp(np.linspace(np.log(temperature) - 0.05, np.log(temperature) + 0.05, 101))
+    assert grid[np.argmin([nll_at(logits, labels, t) for t in grid])] == pytest.approx(temperature, rel=1e-3)
+    assert temperature > 1
+
+
+def test_fit_classwise_temperatures_recovers_known_temperatures_and_regularises_absent_classes():
+    rng = np.random.default_rng(3)
+    true_temperatures = np.array([0.8, 1.5, 2.0, 3.0, 1.2])
+    logits, labels = overconfident_logits(1.0, seed=1)
+    logits = logits * true_temperatures  # class k's logit over-confident by T_k
+    temperatures = fit_classwise_temperatures(logits, labels, regularization=1e-6)  # a negligible prior
+    np.testing.assert_allclose(temperatures, true_temperatures, atol=1e-3)
+    # With the prior the log T_k sit closer to log T (scalar fit) in sum of squares, and the held-out NLL still beats
+    # the scalar T's (both follow from the regularised objective's minimality).
+    scalar = fit_temperature(logits, labels)
+    regularised = fit_classwise_temperatures(logits, labels, regularization=50.0)
+    assert np.sum(np.log(regularised / scalar) ** 2) < np.sum(np.log(temperatures / scalar) ** 2)
+    assert nll_at(logits, labels, regularised) < nll_at(logits, labels, scalar)
+    # A sixth class with no held-out image (its logit the lowest of every row): the data alone push T_6 towards 0;
+    # the prior keeps it finite, and the stronger the prior the closer to the scalar T.
+    absent = logits.min(axis=1, keepdims=True) - 2 + rng.normal(0, 0.5, size=(len(labels), 1))
+    with_absent = np.concatenate([logits, absent], axis=1)
+    scalar = fit_temperature(with_absent, labels)
+    distances = []
+    for regularization in (0.5, 5.0, 50.0):
+        fitted = fit_classwise_temperatures(with_absent, labels, regularization)
+        assert fitted.shape == (6,) and np.all(np.isfinite(fitted) & (fitted > 0))
+        distances.append(abs(np.log(fitted[5] / scalar)))
+    assert distances[0] > distances[1] > distances[2]
+
+
+def test_fit_temperature_rejects_separable_held_out_data_and_bad_regularization():
+    logits = np.array([[5.0, 0.0], [0.0, 5.0]])
+    with pytest.raises(ValueError, match="no minimum at a finite positive temperature"):
+        fit_temperature(logits, [0, 1])  # all correct, separable: the NLL falls towards 0 as T -> 0
+    with pytest.raises(ValueError, match="no minimum at a finite positive temperature"):
+        fit_temperature(np.zeros((4, 3)), [0, 1, 2, 0])  # flat NLL
+    for regularization in (0.0, -1.0):
+        with pytest.raises(ValueError, match="regularization must be a positive number"):
+            fit_classwise_temperatures(logits, [0, 0], regularization=regularization)
 
 
 def test_reliability_diagram_png_and_bar_heights(tmp_path):

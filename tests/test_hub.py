@@ -93,6 +93,12 @@ def test_card_metadata_and_model_index_round_trip(model_folder):
         "ECE (15 bins, %)": ("ece", round(100 * metrics["ece"], 2)),
         "MCE (15 bins, %)": ("mce", round(100 * metrics["mce"], 2)),
         "NLL (nats)": ("nll", round(metrics["nll"], 4)),
+        "Classwise ECE (15 bins, %)": ("classwise_ece", round(100 * metrics["classwise_ece"], 2)),
+        "Adaptive ECE (15 equal-mass bins, %)": ("adaptive_ece", round(100 * metrics["adaptive_ece"], 2)),
+        "Many-shot ECE (15 bins, %)": ("ece", round(100 * metrics["many_ece"], 2)),
+        "Medium-shot ECE (15 bins, %)": ("ece", round(100 * metrics["medium_ece"], 2)),
+        "Few-shot ECE (15 bins, %)": ("ece", round(100 * metrics["few_ece"], 2)),
+        "Brier score": ("brier", round(metrics["brier"], 4)),
     }
     results = data.eval_results
     assert sorted(result.metric_name for result in results) == sorted(expected)
@@ -123,6 +129,15 @@ def test_card_body(model_folder):
     assert measured < text.index(f"| Top-1 accuracy (%) | {100 * metrics['accuracy']:.2f} |") < paper
     assert f"| Top-5 accuracy (%) | {100 * metrics['top5_accuracy']:.2f} |" in text[measured:paper]
     assert f"| NLL (nats) | {metrics['nll']:.4f} |" in text[measured:paper]
+    # second table: the long-tailed calibration metrics, not mixed into the first
+    second = text.index("#### Calibration where long-tailed data need it")
+    assert measured < second < paper
+    assert f"| NLL (nats) | {metrics['nll']:.4f} |" in text[measured:second]
+    assert f"| Classwise ECE (15 bins, %) | {100 * metrics['classwise_ece']:.2f} |" in text[second:paper]
+    assert f"| Adaptive ECE (15 equal-mass bins, %) | {100 * metrics['adaptive_ece']:.2f} |" in text[second:paper]
+    assert f"| Few-shot ECE (15 bins, %) | {100 * metrics['few_ece']:.2f} |" in text[second:paper]
+    assert f"| Brier score | {metrics['brier']:.4f} |" in text[second:paper]
+    assert "Post-hoc calibration" not in text  # an uncalibrated model
     assert "| Top-1 accuracy (%) | 82.10 |" in text[paper:]  # paper table holds only the paper's numbers
     assert "| ECE (15 bins, %) | 3.70 |" in text[paper:]
 
@@ -304,3 +319,32 @@ def test_push_to_a_branch_creates_it_first(model_folder, fake_hub):
     posts = [path for method, path, _, _ in fake_hub.requests if method == "POST"]
     assert posts.index(f"/api/models/{MODEL_ID}/branch/stage2") < posts.index(f"/api/models/{MODEL_ID}/commit/stage2")
     assert [commit["revision"] for commit in fake_hub.commits] == ["stage2"]
+
+
+def test_card_of_a_calibrated_model_says_how_and_on_what_the_temperature_was_fit(model_folder):
+    folder, _, trainer_metrics = model_folder
+    config = MislasConfig.from_pretrained(folder)
+    config.temperature = 1.8734
+    config.calibration = {
+        "method": "temperature",
+        "fit_on": "the 10% per-class hold-out of the cifar10-lt training set (seed 0) that training left out, 1240 images",
+        "held_out_images": 1240,
+        "uncalibrated_model": "runs/ce/stage1",
+        "held_out_nll_before": 1.23456,
+        "held_out_nll_after": 0.98765,
+    }
+    text = write_card(folder, trainer_metrics, model_config=config).read_text()
+    assert "**Post-hoc calibration:** the model divides its logits by a temperature T = 1.873" in text
+    assert "Fit by temperature scaling (Guo et al., 2017), minimising the NLL on the 10% per-class hold-out" in text
+    assert "never on the test split; held-out NLL 1.2346 before, 0.9877 after" in text
+    config.temperature = [1.5] * 5 + [2.5] * 5
+    config.calibration = config.calibration | {"method": "classwise_temperature", "regularization": 5.0}
+    text = write_card(folder, trainer_metrics, model_config=config).read_text()
+    assert "class-wise temperatures T_k from 1.5 to 2.5" in text
+    assert "class-wise temperature scaling (one T per class, log T_k pulled towards the scalar T with a weight of 5 " in text
+
+
+def test_brier_score_outside_its_range_is_rejected(model_folder):
+    folder, _, trainer_metrics = model_folder
+    with pytest.raises(ValueError, match=r"metrics\['eval_brier'\] = 2.5 is outside \[0, 2\]"):
+        write_card(folder, trainer_metrics | {"eval_brier": 2.5})

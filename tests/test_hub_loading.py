@@ -118,7 +118,8 @@ WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
-def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
+def load_without_package(hub_repo, repo_id) -> dict:
+    """Logits and pipeline predictions of `repo_id` from a fresh interpreter that cannot import mislas_hf."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON", "TRANSFORMERS"))}
     env.update(
         HF_HUB_CACHE=str(hub_repo.cache),
@@ -127,9 +128,9 @@ def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
         TRANSFORMERS_OFFLINE="1",
         PYTHONNOUSERSITE="1",
     )
-    out_path = hub_repo.root / "without_package.json"
+    out_path = hub_repo.root / f"without_package_{repo_id.replace('/', '--')}.json"
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PACKAGE, REPO_ID, str(hub_repo.root / "image.png"),
+        [sys.executable, "-c", WITHOUT_PACKAGE, repo_id, str(hub_repo.root / "image.png"),
          str(hub_repo.root / "pixel_values.pt"), str(out_path)],
         cwd=hub_repo.root,
         env=env,
@@ -141,7 +142,11 @@ def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
     outputs = json.loads(out_path.read_text())
     assert outputs["mislas_hf_modules"] == []
     assert outputs["model_module"].startswith("transformers_modules.")  # the code files shipped in the repo
+    return outputs
 
+
+def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
+    outputs = load_without_package(hub_repo, REPO_ID)
     logits = torch.tensor(outputs["logits"])
     assert (logits - hub_repo.logits).abs().max().item() < 1e-6
 
@@ -151,4 +156,55 @@ def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
     assert [p["label"] for p in predictions] == [CLASS_NAMES[k] for k in probabilities.argsort(descending=True)]
     scores = torch.tensor([p["score"] for p in predictions])
     expected = torch.tensor([probabilities[CLASS_NAMES.index(p["label"])].item() for p in predictions])
+    assert (scores - expected).abs().max().item() < 1e-6
+
+
+CALIBRATED_REPO_ID = "mislas-org/mislas-resnet32-tiny-calibrated"
+CLASS_TEMPERATURES = [0.6, 0.9, 1.3, 1.7, 2.2, 2.6, 3.1, 1.1, 0.8, 4.0]
+
+
+def add_calibrated_copy(hub_repo, repo_id, temperature):
+    """The repo's model with `config.temperature` set, saved as `repo_id` in the same Hub-layout cache."""
+    model = MislasForImageClassification.from_pretrained(hub_repo.cache / ("models--" + REPO_ID.replace("/", "--"))
+                                                         / "snapshots" / REVISION)
+    model.config.temperature = temperature
+    model.config.calibration = {"method": "classwise_temperature", "fit_on": "a test fixture"}
+    snapshot = hub_repo.cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / REVISION
+    model.save_pretrained(snapshot)
+    make_image_processor("cifar").save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
+    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
+
+
+def test_calibrated_model_gives_softmax_of_logits_over_temperature_everywhere(hub_repo, monkeypatch):
+    """from_pretrained, AutoModel + trust_remote_code without the package, and pipeline: softmax(z / T) of the
+    uncalibrated model's logits z, class-wise T here (T_k divides the logit of class k)."""
+    add_calibrated_copy(hub_repo, CALIBRATED_REPO_ID, CLASS_TEMPERATURES)
+    expected = (hub_repo.logits / torch.tensor(CLASS_TEMPERATURES)).softmax(-1)[0]
+    assert (expected - hub_repo.logits.softmax(-1)[0]).abs().max() > 0.05  # the temperatures change the outputs
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = MislasForImageClassification.from_pretrained(CALIBRATED_REPO_ID, cache_dir=hub_repo.cache).eval()
+    assert model.config.temperature == pytest.approx(CLASS_TEMPERATURES)
+    with torch.no_grad():
+        assert (model(hub_repo.pixel_values).logits.softmax(-1)[0] - expected).abs().max().item() < 1e-6
+
+    outputs = load_without_package(hub_repo, CALIBRATED_REPO_ID)
+    remote = torch.tensor(outputs["logits"]).softmax(-1)[0]
+    assert (remote - expected).abs().max().item() < 1e-6
+    scores = {prediction["label"]: prediction["score"] for prediction in outputs["predictions"]}
+    pipeline_probabilities = torch.tensor([scores[name] for name in CLASS_NAMES])
+    assert (pipeline_probabilities - expected).abs().max().item() < 1e-6
+
+
+def test_scalar_temperature_through_the_pipeline_with_the_package(hub_repo, monkeypatch):
+    from transformers import pipeline
+
+    add_calibrated_copy(hub_repo, "mislas-org/mislas-resnet32-tiny-ts", 2.75)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    classifier = pipeline("image-classification", model="mislas-org/mislas-resnet32-tiny-ts",
+                          model_kwargs={"cache_dir": hub_repo.cache})
+    predictions = classifier(Image.open(hub_repo.root / "image.png"), top_k=10)
+    expected = (hub_repo.logits / 2.75).softmax(-1)[0]
+    scores = torch.tensor([{p["label"]: p["score"] for p in predictions}[name] for name in CLASS_NAMES])
     assert (scores - expected).abs().max().item() < 1e-6

@@ -222,9 +222,37 @@ def test_save_and_load_round_trip(tmp_path):
     assert reloaded.config.label2id["class_3"] == 3  # derived from id2label
 
 
+def test_temperature_divides_the_eq4_logits_and_survives_save_and_load(tmp_path):
+    model = cifar_model()
+    _random_head_state(model)
+    model.eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        raw = model(pixels).logits
+        assert model.config.temperature == 1.0  # default: no scaling
+        model.config.temperature = 2.5
+        scalar = model(pixels).logits
+        class_temperatures = torch.linspace(0.5, 3.0, 10)
+        model.config.temperature = class_temperatures.tolist()
+        classwise = model(pixels, labels=torch.tensor([0, 4, 9]))
+    assert torch.allclose(scalar, raw / 2.5, rtol=1e-6, atol=0)
+    assert torch.allclose(classwise.logits, raw / class_temperatures, rtol=1e-6, atol=0)
+    assert classwise.loss.item() == pytest.approx(F.cross_entropy(raw / class_temperatures, torch.tensor([0, 4, 9])).item(), rel=1e-6)
+    model.save_pretrained(tmp_path)
+    reloaded = MislasForImageClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.temperature == pytest.approx(class_temperatures.tolist())
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels).logits, classwise.logits)
+    reloaded.prepare_stage2("lws", shift_bn=False)  # a new head voids the temperature fit to the old one
+    assert reloaded.config.temperature == 1.0 and reloaded.config.calibration is None
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": [1.0, 2.0]}, "temperature"),
+        ({"temperature": [1.0] * 9 + [float("inf")]}, "temperature"),
         ({"backbone": "resnet200"}, "backbone"),
         ({"few_shot_threshold": 120}, "few_shot_threshold"),
         ({"class_counts": [5, 4, 3]}, "class_counts"),
