@@ -1,5 +1,6 @@
-"""The MiSLAS job behind `recipes/train.py` and `recipes/evaluate.py`: argument dataclasses, YAML + command-line
-parsing, the two stages in sequence, and the evaluation report (metrics, reliability diagram, model card).
+"""The MiSLAS job behind `recipes/train.py`, `recipes/evaluate.py` and `recipes/calibrate.py`: argument dataclasses,
+YAML + command-line parsing, the two stages in sequence, the evaluation report (metrics, reliability diagram, model
+card), and post-hoc temperature scaling on the held-out split a training run recorded.
 
 Output layout of a run: `OUTPUT_DIR/stage1/` and `OUTPUT_DIR/stage2/`, each a `save_pretrained` folder with the
 image processor, `eval_results.json`, `reliability_diagram.png` and a `README.md` model card, plus
@@ -23,7 +24,13 @@ from transformers import AutoImageProcessor, HfArgumentParser, PreTrainedConfig,
 from transformers.utils import logging
 from transformers.trainer_utils import get_last_checkpoint
 
-from .calibration import compute_metrics, reliability_diagram
+from .calibration import (
+    compute_metrics,
+    fit_classwise_temperatures,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_diagram,
+)
 from .configuration_mislas import BACKBONES as BACKBONE_SPECS, MislasConfig, backbone_of_resnet_config
 from .data import (
     BENCHMARKS,
@@ -458,10 +465,13 @@ def preprocessing(data_args: DataArguments, benchmark, plan: ModelPlan) -> dict:
     return dict(image_size=data_args.image_size, mean=mean, std=std)
 
 
-def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments, plan: ModelPlan):
-    """The data with transforms set, plus the held-out validation split when asked for. With in-memory images
-    (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split then yields raw uint8
-    images, which the trainer augments on its device (`train_batch_augmentation`)."""
+def load_splits(
+    data_args: DataArguments, training_args: MislasTrainingArguments, plan: ModelPlan, validation_split_name=None
+):
+    """The data with transforms set, plus the held-out validation split when asked for: the
+    `--validation_split_percentage` hold-out of the training set, or the split `validation_split_name` of the data.
+    With in-memory images (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split
+    then yields raw uint8 images, which the trainer augments on its device (`train_batch_augmentation`)."""
     benchmark = load_data(data_args, plan.family)
     train, test = benchmark.splits["train"], benchmark.splits["test"]
     validation = None
@@ -475,6 +485,14 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
                 f"({data_args.validation_split_percentage}% rounds to 0 or would leave none for training): "
                 "they stay whole in the training set"
             )
+    elif validation_split_name is not None:
+        if validation_split_name not in benchmark.splits:
+            raise ValueError(
+                f"validation_split_name={validation_split_name!r}: {benchmark.name} has splits "
+                f"{list(benchmark.splits)}; name a held-out split, or use the recorded --validation_split_percentage "
+                "hold-out."
+            )
+        validation = benchmark.splits[validation_split_name]
     if data_args.max_train_samples is not None:
         train = subset(train, data_args.max_train_samples, seed=training_args.seed)
     if data_args.max_eval_samples is not None:
@@ -497,6 +515,21 @@ def load_splits(data_args: DataArguments, training_args: MislasTrainingArguments
     if validation is not None:
         validation.set_transform(eval_transform)
     return benchmark, counts, train, validation, test
+
+
+def held_out_split_record(data_args: DataArguments, training_args, benchmark, validation) -> dict | None:
+    """What `MislasConfig.held_out_split` records of the `--validation_split_percentage` hold-out (None without
+    one): the percentage and seed, the data options that decide the images, and the held-out images per class."""
+    if not data_args.validation_split_percentage:
+        return None
+    return {
+        "percentage": data_args.validation_split_percentage,
+        "seed": training_args.seed,
+        "dataset": data_args.dataset,
+        "imbalance_factor": benchmark.imbalance_factor,
+        "split_seed": data_args.split_seed,
+        "class_counts": class_counts(validation, num_classes=len(benchmark.class_names)),
+    }
 
 
 def train_batch_augmentation(data_args: DataArguments, benchmark, plan: ModelPlan):
@@ -670,18 +703,27 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     set_seed(args.seed)
     plan = plan_model(model_args, args.stage)
     benchmark, counts, train_set, validation, test = load_splits(data_args, args, plan)
+    held_out_split = held_out_split_record(data_args, args, benchmark, validation)
     image_processor = make_image_processor(benchmark.family, **preprocessing(data_args, benchmark, plan))
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     results = {}
     stage2_start = os.path.join(args.output_dir, "stage1") if args.stage == "both" else model_args.model_name_or_path
     if args.stage == "2":
-        load_stage1_model(stage2_start, benchmark, counts, data_args)  # fail early on a mismatched checkpoint
+        stage1_model = load_stage1_model(stage2_start, benchmark, counts, data_args)  # fail early on a mismatch
+        if held_out_split is not None and stage1_model.config.held_out_split != held_out_split:
+            raise ValueError(
+                f"--validation_split_percentage {data_args.validation_split_percentage} with --seed {args.seed} holds "
+                f"out other images than the stage-1 model {stage2_start} was trained without "
+                f"(its config.held_out_split: {stage1_model.config.held_out_split}): the held-out images would not be "
+                "unseen. Pass the stage-1 run's --validation_split_percentage, --seed and data options."
+            )
     for stage in stages:
         set_seed(args.seed)
         if stage == 1:
             model = build_model(model_args, plan, benchmark, counts, data_args)
         else:
             model = load_stage1_model(stage2_start, benchmark, counts, data_args)
+        model.config.held_out_split = held_out_split
         results[f"stage{stage}"] = run_stage(
             stage,
             model,
@@ -747,4 +789,160 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
             private=args.hub_private_repo,
             token=args.hub_token,
         )
+    return metrics
+
+
+CALIBRATION_METHODS = ("temperature", "classwise_temperature")
+
+
+@dataclass
+class CalibrationArguments:
+    """What `recipes/calibrate.py` fits, and on which held-out images."""
+
+    model: str = field(metadata={"help": "Saved model folder or Hub id (also accepted as the first argument)."})
+    method: str = field(
+        default="temperature",
+        metadata={"help": "temperature (one T, Guo et al. 2017) or classwise_temperature (one T per class).",
+                  "choices": list(CALIBRATION_METHODS)},
+    )
+    validation_split_name: str | None = field(
+        default=None,
+        metadata={"help": "Fit on this split of the data instead of the hold-out recorded in the model's config "
+                  "(never the test split)."},
+    )
+    classwise_regularization: float = field(
+        default=5.0,
+        metadata={"help": "classwise_temperature: pull of each log T_k towards the scalar log T, in held-out images "
+                  "(mislas_hf.calibration.fit_classwise_temperatures)."},
+    )
+
+
+def check_calibration_data(
+    calibration_args: CalibrationArguments, model_config, data_args: DataArguments
+) -> DataArguments:
+    """Refuse, before any image is read, to fit on the test or training split, or on a hold-out other than the one
+    recorded in `model_config.held_out_split`. Returns the data options that rebuild the recorded hold-out."""
+    name = calibration_args.validation_split_name
+    if name is not None:
+        if name in ("test", "train"):
+            why = "the test split only measures the calibrated model" if name == "test" else "the model was trained on it"
+            raise ValueError(
+                f"--validation_split_name {name}: temperatures are fit on held-out images only, never on the {name} "
+                f"split ({why}). Leave --validation_split_name unset to use the --validation_split_percentage hold-out "
+                "recorded when the model was trained, or name a separate validation split."
+            )
+        if data_args.validation_split_percentage:
+            raise ValueError(
+                "--validation_split_name and --validation_split_percentage both name held-out images: pass one of them."
+            )
+        return data_args
+    record = model_config.held_out_split
+    if record is None:
+        raise ValueError(
+            f"{calibration_args.model} records no held-out split: it was trained without --validation_split_percentage, "
+            "so every training image may have been seen. Retrain with --validation_split_percentage 10, or pass "
+            "--validation_split_name NAME of a held-out split of the data (never the test split)."
+        )
+    if data_args.validation_split_percentage not in (None, record["percentage"]):
+        raise ValueError(
+            f"--validation_split_percentage {data_args.validation_split_percentage} differs from the "
+            f"{record['percentage']}% hold-out recorded in the model's config: leave it unset (the recorded one is used)."
+        )
+    given = {"dataset": data_args.dataset, "imbalance_factor": data_args.imbalance_factor, "split_seed": data_args.split_seed}
+    for option, value in given.items():  # an unset --imbalance_factor takes the benchmark's default: counts check it
+        if value != record[option] and not (option == "imbalance_factor" and value is None):
+            raise ValueError(
+                f"--{option} {value} differs from the {record[option]!r} the model was trained with "
+                f"(config.held_out_split): pass the training run's data options so the hold-out is the same images."
+            )
+    return dataclasses.replace(data_args, validation_split_percentage=record["percentage"])
+
+
+def calibrate(calibration_args: CalibrationArguments, data_args: DataArguments, args: MislasTrainingArguments):
+    """Fit a temperature (scalar or class-wise) on held-out images, store it in the model, evaluate the calibrated
+    model on the test split and write the folder: weights, config, image processor, `eval_results.json`,
+    reliability diagram, card. Returns the test metrics."""
+    if calibration_args.method not in CALIBRATION_METHODS:
+        raise ValueError(f"--method {calibration_args.method!r} is not one of {', '.join(CALIBRATION_METHODS)}.")
+    use_cpu_cores(args)
+    model = MislasForImageClassification.from_pretrained(calibration_args.model)
+    data_args = check_calibration_data(calibration_args, model.config, data_args)
+    record = model.config.held_out_split
+    # the recorded seed rebuilds the hold-out (and draws the same --max_eval_samples test subset as the training run)
+    split_args = dataclasses.replace(args, seed=record["seed"]) if calibration_args.validation_split_name is None else args
+    plan = plan_model(ModelArguments(model_name_or_path=calibration_args.model), stage="2")
+    benchmark, counts, _, validation, test = load_splits(
+        data_args, split_args, plan, calibration_args.validation_split_name
+    )
+    if model.config.num_labels != len(benchmark.class_names):
+        raise ValueError(
+            f"{calibration_args.model} has {model.config.num_labels} classes but {benchmark.name} has "
+            f"{len(benchmark.class_names)}: calibrate it on the benchmark it was trained on (--dataset)."
+        )
+    held_out_counts = class_counts(validation, num_classes=len(benchmark.class_names))
+    if calibration_args.validation_split_name is None and held_out_counts != record["class_counts"]:
+        differing = [k for k, (a, b) in enumerate(zip(held_out_counts, record["class_counts"])) if a != b]
+        raise ValueError(
+            f"the rebuilt hold-out has other images than the recorded one (held-out images per class differ for "
+            f"classes {differing[:10]}): pass the training run's data options (--dataset_name, --data_dir, lists)."
+        )
+    model.config.temperature, model.config.calibration = 1.0, None  # fit on the head's own logits
+    if model.config.class_counts is None:
+        model.config.class_counts = counts
+    if model.config.class_group_boundaries is None:
+        model.config.class_group_boundaries = benchmark.class_group_boundaries
+    eval_args = dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False)
+    trainer = Trainer(
+        model=model,
+        args=eval_args,
+        compute_metrics=compute_metrics(
+            model.config.class_counts,
+            model.config.class_group_boundaries,
+            many_threshold=model.config.many_shot_threshold,
+            few_threshold=model.config.few_shot_threshold,
+        ),
+    )
+    prediction = trainer.predict(validation, metric_key_prefix="validation")
+    logits, labels = np.asarray(prediction.predictions, dtype=np.float64), np.asarray(prediction.label_ids)
+    if calibration_args.method == "temperature":
+        temperature = fit_temperature(logits, labels)
+        scaled = logits / temperature
+    else:
+        temperature = fit_classwise_temperatures(logits, labels, calibration_args.classwise_regularization).tolist()
+        scaled = logits / np.asarray(temperature)
+    if calibration_args.validation_split_name is None:
+        fit_on = (
+            f"the {record['percentage']:g}% per-class hold-out of the {benchmark.name} training set (seed "
+            f"{record['seed']}) that training left out, {len(labels)} images"
+        )
+    else:
+        fit_on = f"the '{calibration_args.validation_split_name}' split of {benchmark.name}, {len(labels)} images"
+    model.config.temperature = temperature
+    model.config.calibration = {
+        "method": calibration_args.method,
+        "fit_on": fit_on,
+        "held_out_images": len(labels),
+        "uncalibrated_model": calibration_args.model,
+        "held_out_nll_before": negative_log_likelihood(logits, labels),
+        "held_out_nll_after": negative_log_likelihood(scaled, labels),
+        **({"regularization": calibration_args.classwise_regularization}
+           if calibration_args.method == "classwise_temperature" else {}),
+    }
+    logger.info(f"fitted {calibration_args.method} on {fit_on}: T = {temperature}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    metrics = report(trainer, test, args.output_dir, benchmark, None,
+                     model_id=args.hub_model_id or Path(args.output_dir).resolve().name)
+    if trainer.is_world_process_zero():
+        model.save_pretrained(args.output_dir)
+        make_image_processor(benchmark.family, **preprocessing(data_args, benchmark, plan)).save_pretrained(
+            args.output_dir
+        )
+        if args.push_to_hub:
+            push_model_folder(
+                args.output_dir,
+                repo_id=args.hub_model_id or Path(args.output_dir).name,
+                commit_message=f"{calibration_args.method} fit on {fit_on}",
+                private=args.hub_private_repo,
+                token=args.hub_token,
+            )
     return metrics
