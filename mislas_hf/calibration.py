@@ -427,7 +427,8 @@ def fit_temperature(logits, labels):
     The NLL is convex in 1 / T, so a minimum is unique; it is found by L-BFGS on log T (strong-Wolfe line
     search, float64, gradient tolerance 1e-12). Raises ``ValueError`` when there is no minimum at a finite
     positive T: held-out predictions all correct with separable logits (the NLL falls towards 0 as T -> 0), or
-    logits that carry no information (the NLL is flat).
+    logits that rank the true class no better than chance on the held-out data (the NLL is flat, or falls towards
+    log K as T -> infinity).
 
     Args:
         logits: ``[N, K]`` held-out logits of the uncalibrated model.
@@ -445,8 +446,9 @@ def fit_temperature(logits, labels):
     if not (below > at_minimum < above and math.isfinite(at_minimum)):
         raise ValueError(
             f"the held-out NLL has no minimum at a finite positive temperature (it still falls or is flat at "
-            f"T = {math.exp(log_temperature.item()):.3g}): the held-out predictions are all correct and separable, or "
-            "carry no information; fit on a larger held-out split"
+            f"T = {math.exp(log_temperature.item()):.3g}): the held-out predictions are all correct and separable "
+            "(T -> 0), or the logits rank the true class no better than chance on the held-out images (T -> infinity, "
+            "uniform probabilities); check the model, or fit on a larger held-out split"
         )
     return math.exp(log_temperature.item())
 
