@@ -139,7 +139,8 @@ def test_calibrate_refuses_the_test_split_and_other_hold_outs_before_reading_dat
 ):
     folder = uncalibrated_model[0]
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        calibrate_main([str(folder), "--dataset_name", "/nonexistent", "--output_dir", str(tmp_path / "out"), *flags])
+        calibrate_main([str(folder), "--dataset", "cifar10-lt", "--dataset_name", "/nonexistent", "--output_dir",
+                        str(tmp_path / "out"), *flags])
     assert not (tmp_path / "out").exists()
 
 
@@ -155,7 +156,8 @@ def test_calibrate_refuses_a_hold_out_with_other_images(uncalibrated_model, cifa
     config.held_out_split = config.held_out_split | {"class_counts": [*config.held_out_split["class_counts"][:9], 4]}
     MislasForImageClassification(config).save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match=r"per class differ for classes \[9\]"):
-        calibrate_main([str(tmp_path / "model"), "--dataset_name", str(cifar10_dir), "--output_dir", str(tmp_path / "out")])
+        calibrate_main([str(tmp_path / "model"), "--dataset", "cifar10-lt", "--dataset_name", str(cifar10_dir),
+                        "--output_dir", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize("method", ["temperature", "classwise_temperature"])
@@ -167,7 +169,8 @@ def test_calibrate_fits_on_the_recorded_hold_out_and_reports_the_calibrated_test
 
     folder, model, held_out, benchmark = uncalibrated_model
     metrics = calibrate_main([
-        str(folder), "--method", method, "--dataset_name", str(cifar10_dir), "--output_dir", str(tmp_path),
+        str(folder), "--method", method, "--dataset", "cifar10-lt", "--dataset_name", str(cifar10_dir),
+        "--output_dir", str(tmp_path),
         "--max_eval_samples", "100", "--per_device_eval_batch_size", "250", "--report_to", "none",
     ])
     # the temperature is the NLL fit on the held-out images, computed here directly
