@@ -20,7 +20,16 @@ import psutil
 import torch
 import yaml
 from accelerate.utils import get_int_from_env
-from transformers import AutoImageProcessor, HfArgumentParser, PreTrainedConfig, ResNetModel, Trainer, set_seed
+from safetensors.torch import load_file
+from transformers import (
+    AutoImageProcessor,
+    HfArgumentParser,
+    PreTrainedConfig,
+    ResNetModel,
+    Trainer,
+    TrainerState,
+    set_seed,
+)
 from transformers.utils import logging
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -657,6 +666,13 @@ def checkpoint_to_resume(stage_args: MislasTrainingArguments) -> str | None:
     return get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
 
 
+def finished_state(checkpoint: str) -> TrainerState | None:
+    """The `TrainerState` of `checkpoint` if its stage had trained all its steps (a stage that finished before the
+    run was interrupted), else None."""
+    state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    return state if 0 < state.max_steps <= state.global_step else None
+
+
 def run_stage(
     stage: int, model, args, train, validation, test, image_processor, benchmark, config_yaml, batch_augmentation=None
 ) -> dict:
@@ -685,8 +701,15 @@ def run_stage(
         processing_class=image_processor,
         batch_augmentation=batch_augmentation,
     )
-    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(stage_args))
-    trainer.save_metrics("train", result.metrics, combined=False)
+    checkpoint = checkpoint_to_resume(stage_args)
+    finished = finished_state(checkpoint) if checkpoint is not None else None
+    if finished is not None:
+        # The Trainer, resumed at its last step in the middle of an epoch, would train one step more.
+        model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
+        trainer.state = finished
+    else:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_metrics("train", result.metrics, combined=False)
     trainer.save_state()
     save_stage(trainer, image_processor, stage_args.output_dir)
     return report(

@@ -571,3 +571,16 @@ def test_places_lt_class_order_matches_the_reference(splits_dir):
     counts, id2label = labels_from_train_list(splits_dir / "Places_LT_train.txt", 365)
     assert [int(id2label[k][len("orig_"):]) for k in range(365)] == PLACES_LT_REFERENCE_ORDER
     assert counts[0] == 4980 and counts[-1] == 5 and sum(counts) == 62500
+
+
+def test_convert_pushes_the_converted_folder(tmp_path, reference_nets, hub_uploads):
+    nets = reference_nets("resnet32")
+    checkpoint = reference_checkpoint(nets["backbone"], nets["classifier"], lws=nets["lws"], block=None)
+    path = save_like_reference(checkpoint, tmp_path / "model_best.pth.tar")
+    output_dir = convert(path, "cifar10-lt", 2, tmp_path / "converted", push_to_hub="mislas-org/converted")
+    pushes = [upload for upload in hub_uploads if upload["repo_id"] == "mislas-org/converted"]
+    assert [upload["call"] for upload in pushes] == ["create_repo", "create_commit"]
+    on_disk = {p.relative_to(output_dir).as_posix(): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+    assert pushes[1]["files"] == on_disk and "model.safetensors" in on_disk and "README.md" in on_disk
+    assert pushes[1]["message"] == "Convert official MiSLAS CIFAR-10-LT stage-2 checkpoint"
+    assert "mislas-org/converted" in on_disk["README.md"].decode()

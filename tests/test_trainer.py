@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load, load_file
 
 from mislas_hf import MislasConfig, MislasForImageClassification
 from mislas_hf.run import parse_arguments, train
@@ -38,11 +38,16 @@ def quick_run_flags(cifar10_dir, output_dir, *extra):
     ]
 
 
+TRAIN_REPO, EVALUATE_REPO = "mislas-org/cifar10-lt-quick", "mislas-org/cifar10-lt-evaluated"
+
+
 @pytest.fixture(scope="module")
-def both_stages(cifar10_dir, tmp_path_factory):
-    """One real two-stage run (a few steps per stage) shared by the end-to-end checks."""
+def both_stages(cifar10_dir, tmp_path_factory, hub_uploads):
+    """One real two-stage run (a few steps per stage) shared by the end-to-end checks; it pushes to a recorded
+    stand-in for the Hub."""
     output_dir = tmp_path_factory.mktemp("run")
-    flags = quick_run_flags(cifar10_dir, output_dir, "--shift_bn", "true")  # the full method (CIFAR-10 configs: off)
+    flags = quick_run_flags(cifar10_dir, output_dir, "--shift_bn", "true",  # the full method (CIFAR-10 configs: off)
+                            "--push_to_hub", "--hub_model_id", TRAIN_REPO)
     model_args, data_args, training_args, config_text = parse_arguments(flags)
     results = train(model_args, data_args, training_args, config_yaml=config_text)
     return output_dir, results
@@ -61,6 +66,22 @@ def test_both_stages_write_the_documented_files(both_stages):
     config = json.loads((output_dir / "stage2/config.json").read_text())
     assert config["stage"] == 2 and config["head_mode"] == "mislas" and config["shift_bn"] is True
     assert config["class_group_boundaries"] == [3, 7]
+
+
+def test_train_pushes_the_final_stage_folder_once(both_stages, hub_uploads):
+    output_dir, _ = both_stages
+    pushes = [upload for upload in hub_uploads if upload["repo_id"] == TRAIN_REPO]
+    assert [upload["call"] for upload in pushes] == ["create_repo", "create_commit"]
+    commit = pushes[1]
+    on_disk = {
+        path.relative_to(output_dir / "stage2").as_posix(): path.read_bytes()
+        for path in (output_dir / "stage2").rglob("*") if path.is_file()
+    }
+    assert commit["files"] == on_disk  # the whole stage-2 folder as it was written, nothing of stage 1
+    assert {"model.safetensors", "config.json", "README.md", "preprocessor_config.json"} <= set(commit["files"])
+    assert commit["files"]["model.safetensors"] != (output_dir / "stage1/model.safetensors").read_bytes()
+    assert commit["message"] == "MiSLAS cifar10-lt, stage 2"
+    assert f"{TRAIN_REPO}" in commit["files"]["README.md"].decode()  # the card's loading snippets name the repo
 
 
 def test_card_of_the_real_run_carries_the_measured_metrics(both_stages):
@@ -237,7 +258,7 @@ def test_stage2_refuses_a_checkpoint_with_other_classes(both_stages, cifar10_dir
 
 @pytest.mark.slow
 def test_two_process_cpu_run(cifar10_dir, tmp_path):
-    """`accelerate launch --cpu --num_processes 2` runs both stages (gloo)."""
+    """`accelerate launch --cpu --num_processes 2` runs both stages of the recipe (gloo)."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "recipes/train.py"),
@@ -250,7 +271,10 @@ def test_two_process_cpu_run(cifar10_dir, tmp_path):
     assert set(results) == {"stage1", "stage2"}
     state = json.loads((tmp_path / "stage2/trainer_state.json").read_text())
     assert state["global_step"] == 2
-    # both ranks' predictions are gathered once each: accuracy is a whole number of the 200 test images
+    # the cards count the predictions gathered from both ranks: the 200 test images once each, not 2 x 200
+    # (tests/test_distributed.py checks which images each rank evaluates)
+    for stage in ("stage1", "stage2"):
+        assert "(200 images)" in (tmp_path / stage / "README.md").read_text(), stage
     accuracy = results["stage2"]["eval_accuracy"] * 200
     assert accuracy == pytest.approx(round(accuracy), abs=1e-6)
 
@@ -282,6 +306,52 @@ def test_killed_run_resumes_to_the_same_weights(cifar10_dir, tmp_path, monkeypat
     assert uninterrupted.keys() == resumed.keys()
     for name, value in uninterrupted.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def test_run_killed_inside_stage2_resumes_to_the_uninterrupted_result(cifar10_dir, tmp_path, monkeypatch):
+    """Both stages, 6 steps each, checkpoints every 5 steps (and at each stage's end). Stage 2 has 64 images per
+    epoch = 4 batches of 16, so checkpoint-5 sits one batch into its second epoch (the class-aware stream of epoch 1).
+    The run is killed during stage-2 step 6 and resumed with an explicit stage-2 checkpoint path: stage 1, finished,
+    trains no step again (only re-saves and re-evaluates); stage 2 runs its one missing step. Weights and test
+    metrics equal those of the uninterrupted run."""
+    def run(output_dir, *extra):
+        flags = quick_run_flags(cifar10_dir, output_dir, "--max_train_samples", "64", "--max_eval_samples", "100",
+                                "--max_steps", "6", "--per_device_train_batch_size", "16", "--save_strategy", "steps",
+                                "--save_steps", "5", *extra)
+        return train(*parse_arguments(flags)[:3])
+
+    compute_loss, steps = MislasTrainer.compute_loss, []
+
+    def counting(self, model, inputs, *args, **kwargs):
+        if model.training:
+            steps.append(self.stage)
+            if os.environ.get("KILL_AT_STAGE2_STEP") == str(steps.count(2)) and self.stage == 2:
+                raise KeyboardInterrupt("killed")
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(MislasTrainer, "compute_loss", counting)
+    uninterrupted = run(tmp_path / "a")
+    assert steps == [1] * 6 + [2] * 6
+    steps.clear()
+    monkeypatch.setenv("KILL_AT_STAGE2_STEP", "6")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.delenv("KILL_AT_STAGE2_STEP")
+    assert (tmp_path / "b/stage1/checkpoint-6").is_dir()  # stage 1's last step, saved as it finished
+    assert (tmp_path / "b/stage2/checkpoint-5").is_dir() and not (tmp_path / "b/stage2/model.safetensors").exists()
+    steps.clear()
+    resumed = run(tmp_path / "b", "--resume_from_checkpoint", str(tmp_path / "b/stage2/checkpoint-5"))
+    assert steps == [2]  # stage 1 had finished: no step of it again; stage 2 only its step 6
+    for stage in ("stage1", "stage2"):
+        expected = load_file(tmp_path / "a" / stage / "model.safetensors")
+        actual = load_file(tmp_path / "b" / stage / "model.safetensors")
+        assert expected.keys() == actual.keys()
+        for name, value in expected.items():
+            assert torch.equal(value, actual[name]), f"{stage} {name}"
+        for key in ("eval_accuracy", "eval_ece", "eval_nll", "eval_few_accuracy"):
+            assert resumed[stage][key] == pytest.approx(uninterrupted[stage][key], rel=1e-6, abs=1e-9), key
+    state = json.loads((tmp_path / "b/stage2/trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["epoch"] == pytest.approx(1.5)
 
 
 # ----------------------------------------------------------------------------------------------- speed paths (issue 6)
@@ -360,8 +430,9 @@ def test_in_memory_images_are_refused_for_the_imagenet_family():
     assert not DataArguments(dataset="places-lt").uses_in_memory_images("imagenet")
 
 
-def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar10_dir, tmp_path):
-    """`recipes/evaluate.py MODEL ...` on the saved stage-2 model gives the metrics the training run reported."""
+def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar10_dir, tmp_path, hub_uploads):
+    """`recipes/evaluate.py MODEL ...` on the saved stage-2 model gives the metrics the training run reported, and
+    pushes the evaluated model with its new card."""
     import runpy
 
     output_dir, results = both_stages
@@ -369,7 +440,7 @@ def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar1
     metrics = evaluate_main([
         str(output_dir / "stage2"), "--dataset", "cifar10-lt", "--dataset_name", str(cifar10_dir),
         "--max_eval_samples", "200", "--seed", "0", "--output_dir", str(tmp_path), "--report_to", "none",
-        "--per_device_eval_batch_size", "100",
+        "--per_device_eval_batch_size", "100", "--push_to_hub", "--hub_model_id", EVALUATE_REPO,
     ])
     # The training run evaluates its channels-last model, evaluate.py a freshly loaded NCHW one: the convolutions
     # take other kernels and float32 sums differ in the last bits (1.4e-6 on this barely trained model's NLL of
@@ -378,6 +449,14 @@ def test_evaluate_recipe_reproduces_the_training_run_metrics(both_stages, cifar1
         assert metrics[key] == pytest.approx(results["stage2"][key], rel=1e-6, abs=1e-6), key
     assert json.loads((tmp_path / "eval_results.json").read_text())["eval_ece"] == pytest.approx(metrics["eval_ece"])
     assert (tmp_path / "reliability_diagram.png").is_file() and (tmp_path / "README.md").is_file()
+    pushes = [upload for upload in hub_uploads if upload["repo_id"] == EVALUATE_REPO]
+    assert [upload["call"] for upload in pushes] == ["create_repo", "create_commit"]
+    files = pushes[1]["files"]
+    assert files == {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    pushed = safetensors_load(files["model.safetensors"])
+    trained = load_file(output_dir / "stage2/model.safetensors")
+    assert pushed.keys() == trained.keys() and all(torch.equal(pushed[k], trained[k]) for k in trained)
+    assert json.loads(files["eval_results.json"])["eval_ece"] == pytest.approx(metrics["eval_ece"])
 
 
 def cpu_flags() -> set[str]:
