@@ -773,6 +773,25 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     return results
 
 
+def float32_evaluation_trainer(model, args: MislasTrainingArguments, benchmark, counts: list[int]) -> Trainer:
+    """A plain `Trainer` that evaluates a saved model in float32 (as `report` says) with the package's metrics; the
+    model's config gets the benchmark's class counts and Many/Medium/Few boundaries where it has none."""
+    if model.config.class_counts is None:
+        model.config.class_counts = counts
+    if model.config.class_group_boundaries is None:
+        model.config.class_group_boundaries = benchmark.class_group_boundaries
+    return Trainer(
+        model=model,
+        args=dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False),
+        compute_metrics=compute_metrics(
+            model.config.class_counts,
+            model.config.class_group_boundaries,
+            many_threshold=model.config.many_shot_threshold,
+            few_threshold=model.config.few_shot_threshold,
+        ),
+    )
+
+
 def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArguments):
     """Evaluate a saved model (folder or Hub id) on the benchmark's test split: metrics, diagram, card."""
     use_cpu_cores(args)
@@ -784,21 +803,7 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
             f"{model_path} has {model.config.num_labels} classes but {benchmark.name} has "
             f"{len(benchmark.class_names)}: evaluate it on the benchmark it was trained on (--dataset)."
         )
-    if model.config.class_counts is None:
-        model.config.class_counts = counts
-    if model.config.class_group_boundaries is None:
-        model.config.class_group_boundaries = benchmark.class_group_boundaries
-    eval_args = dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False)  # float32, as report() says
-    trainer = Trainer(
-        model=model,
-        args=eval_args,
-        compute_metrics=compute_metrics(
-            model.config.class_counts,
-            model.config.class_group_boundaries,
-            many_threshold=model.config.many_shot_threshold,
-            few_threshold=model.config.few_shot_threshold,
-        ),
-    )
+    trainer = float32_evaluation_trainer(model, args, benchmark, counts)
     metrics = report(trainer, test, args.output_dir, benchmark, None, model_id=args.hub_model_id or model_path)
     if args.push_to_hub and args.process_index == 0:
         model.save_pretrained(args.output_dir)
@@ -910,21 +915,7 @@ def calibrate(calibration_args: CalibrationArguments, data_args: DataArguments, 
             f"classes {differing[:10]}): pass the training run's data options (--dataset_name, --data_dir, lists)."
         )
     model.config.temperature, model.config.calibration = 1.0, None  # fit on the head's own logits
-    if model.config.class_counts is None:
-        model.config.class_counts = counts
-    if model.config.class_group_boundaries is None:
-        model.config.class_group_boundaries = benchmark.class_group_boundaries
-    eval_args = dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False)
-    trainer = Trainer(
-        model=model,
-        args=eval_args,
-        compute_metrics=compute_metrics(
-            model.config.class_counts,
-            model.config.class_group_boundaries,
-            many_threshold=model.config.many_shot_threshold,
-            few_threshold=model.config.few_shot_threshold,
-        ),
-    )
+    trainer = float32_evaluation_trainer(model, args, benchmark, counts)
     prediction = trainer.predict(validation, metric_key_prefix="validation")
     logits, labels = np.asarray(prediction.predictions, dtype=np.float64), np.asarray(prediction.label_ids)
     if calibration_args.method == "temperature":
