@@ -15,6 +15,8 @@ from mislas_hf.data import (
     reference_class_order,
     CIFAR_MEAN,
     CIFAR_STD,
+    IMAGENET_CROP_RATIO,
+    IMAGENET_CROP_SCALE,
     InMemoryCifarTransform,
     augment_cifar_batch,
     augment_imagenet_batch,
@@ -520,6 +522,76 @@ def test_augment_imagenet_batch_jitters_each_image_by_its_own_factors_in_the_ref
     with pytest.raises(ValueError, match="uint8"):
         augment_imagenet_batch(torch.zeros(2, 3, 8, 8))
 
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_jitter_and_normalize_equals_torchvision_colour_adjustments_per_image(per_image):
+    """Fixed factors (many above 1, so the clamps act) and orders: each image equals torchvision's adjust_brightness /
+    adjust_contrast / adjust_saturation on the float image in [0, 1], in that image's order, then Normalize; both the
+    per-image (CPU) and the grouped (GPU) path."""
+    from torchvision.transforms.v2 import functional as F
+
+    from mislas_hf.data.transforms import _normalization_affine, jitter_and_normalize
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 10, 14), dtype=torch.uint8, generator=generator)
+    images[:4] = torch.randint(200, 256, (4, 3, 10, 14), dtype=torch.uint8, generator=generator)  # bright: clamps
+    factors = torch.empty(12, 3).uniform_(0.6, 1.4, generator=generator)
+    factors[0] = torch.tensor([1.4, 0.6, 1.0])
+    orders = torch.stack([torch.randperm(3, generator=generator) for _ in range(12)])
+    scale, shift = _normalization_affine(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    got = jitter_and_normalize(images, factors, orders, scale, shift, per_image=per_image)
+    adjustments = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for image, image_factors, order, result in zip(images, factors, orders, got):
+        expected = image.double() / 255
+        for adjustment in order.tolist():
+            expected = adjustments[adjustment](expected, image_factors[adjustment].item())
+        expected = F.normalize(expected, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+        torch.testing.assert_close(result.double(), expected, atol=1e-5, rtol=0)
+    assert len({tuple(order) for order in orders.tolist()}) > 3  # several orders, grouped apart
+
+
+@pytest.mark.parametrize(("height", "width"), [(375, 500), (100, 600)])
+def test_random_resized_crop_box_draws_as_torchvision_get_params(height, width):
+    """The distribution of torchvision's RandomResizedCrop.get_params (scale (0.08, 1), ratio (3/4, 4/3)) on the same
+    image size: area fraction, log aspect ratio, relative position and the rate of the central fallback box agree
+    within 4 standard errors; every box lies inside the image. 100 x 600 falls back in about a third of the draws."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from mislas_hf.data.transforms import random_resized_crop_box
+
+    draws = 3000
+    image = torch.empty(3, height, width)
+    torch.manual_seed(0)
+    ours = np.array([random_resized_crop_box(height, width) for _ in range(draws)], dtype=np.float64)
+    theirs = np.array(
+        [RandomResizedCrop.get_params(image, IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO) for _ in range(draws)],
+        dtype=np.float64,
+    )
+    for boxes in (ours, theirs):
+        top, left, box_height, box_width = boxes.T
+        assert top.min() >= 0 and left.min() >= 0 and box_height.min() >= 1 and box_width.min() >= 1
+        assert (top + box_height).max() <= height and (left + box_width).max() <= width
+
+    def statistics(boxes):
+        top, left, box_height, box_width = boxes.T
+        centred = (top == (height - box_height) // 2) & (left == (width - box_width) // 2)
+        fallback = centred & ((box_height == height) | (box_width == width))
+        return {
+            "area": box_height * box_width / (height * width),
+            "log_ratio": np.log(box_width / box_height),
+            "top": top / np.maximum(height - box_height, 1),
+            "left": left / np.maximum(width - box_width, 1),
+            "fallback": fallback.astype(np.float64),
+        }
+
+    ours_statistics, theirs_statistics = statistics(ours), statistics(theirs)
+    for name in ours_statistics:
+        a, b = ours_statistics[name], theirs_statistics[name]
+        error = np.sqrt((a.var() + b.var()) / draws) + 1e-9
+        assert abs(a.mean() - b.mean()) < 4 * error, name
+    if width / height > 4 / 3:
+        assert 0.2 < ours_statistics["fallback"].mean() < 0.5
 
 @pytest.mark.parametrize(
     ("dataset", "mean", "std"),

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 
@@ -23,7 +24,6 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import RandomResizedCrop
 
 from .image_processing import CIFAR_MEAN, CIFAR_STD, RESIZE_RATIO, preprocessing_of
 
@@ -109,6 +109,37 @@ COLOUR_JITTER = 0.4
 drawn uniformly from [1 - 0.4, 1 + 0.4]."""
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 """The first bytes of every JPEG file."""
+CROP_ATTEMPTS = 10
+"""Tries of torchvision's `RandomResizedCrop.get_params` at a box that fits in the image before its central fallback."""
+
+
+def random_resized_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """`(top, left, crop height, crop width)` drawn as torchvision's `RandomResizedCrop.get_params(image,
+    IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO)` draws it: up to `CROP_ATTEMPTS` tries of an area fraction uniform in
+    the scale range and an aspect ratio (width / height) log-uniform in the ratio range, sides rounded, kept when the
+    box fits, at a uniformly drawn integer position; else the centred box of the whole image with its ratio clamped
+    to the range. The same distribution from one `torch.rand` call (torch's global RNG) and Python arithmetic."""
+    area = height * width
+    log_low, log_high = math.log(IMAGENET_CROP_RATIO[0]), math.log(IMAGENET_CROP_RATIO[1])
+    draws = torch.rand(CROP_ATTEMPTS, 4).tolist()
+    for area_draw, ratio_draw, top_draw, left_draw in draws:
+        target_area = area * (IMAGENET_CROP_SCALE[0] + (IMAGENET_CROP_SCALE[1] - IMAGENET_CROP_SCALE[0]) * area_draw)
+        aspect_ratio = math.exp(log_low + (log_high - log_low) * ratio_draw)
+        crop_width = round(math.sqrt(target_area * aspect_ratio))
+        crop_height = round(math.sqrt(target_area / aspect_ratio))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = min(int(top_draw * (height - crop_height + 1)), height - crop_height)
+            left = min(int(left_draw * (width - crop_width + 1)), width - crop_width)
+            return top, left, crop_height, crop_width
+    image_ratio = width / height
+    if image_ratio < IMAGENET_CROP_RATIO[0]:
+        crop_width, crop_height = width, round(width / IMAGENET_CROP_RATIO[0])
+    elif image_ratio > IMAGENET_CROP_RATIO[1]:
+        crop_width, crop_height = round(height * IMAGENET_CROP_RATIO[1]), height
+    else:
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
 
 
 def decode_rgb(image) -> torch.Tensor:
@@ -152,8 +183,8 @@ class ImageNetTransform:
     `{"pixel_values": [(3, size, size) tensors], "labels": [int]}`, run in the DataLoader workers.
 
     train: decode (`decode_rgb`), torchvision's `RandomResizedCrop(size, scale=IMAGENET_CROP_SCALE,
-    ratio=IMAGENET_CROP_RATIO)` with antialiased bilinear resizing (as PIL resizes), horizontal flip with p = 0.5, all
-    on uint8; the pixel values stay uint8 and `augment_imagenet_batch` finishes them on the training device (colour
+    ratio=IMAGENET_CROP_RATIO)` (the box from `random_resized_crop_box`) with antialiased bilinear resizing (as PIL
+    resizes), horizontal flip with p = 0.5, all on uint8; the pixel values stay uint8 and `augment_imagenet_batch` finishes them on the training device (colour
     jitter, normalisation). eval: decode, resize the shorter side to `round(size * RESIZE_RATIO)` (antialiased
     bilinear), centre crop `size`, scale to [0, 1] and normalise with `mean`/`std`: float32, as
     `make_image_processor("imagenet")` does. Images are resized in channels-last memory (torch's fast uint8 path).
@@ -177,7 +208,7 @@ class ImageNetTransform:
         self.scale, self.shift = _normalization_affine(mean, std)
 
     def _train_geometry(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, height, width = RandomResizedCrop.get_params(image, IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO)
+        top, left, height, width = random_resized_crop_box(*image.shape[-2:])
         crop = image[None, :, top : top + height, left : left + width].contiguous(memory_format=torch.channels_last)
         crop = TF.resize(crop, [self.image_size, self.image_size], antialias=True)[0]
         return TF.horizontal_flip(crop) if torch.rand(1).item() < 0.5 else crop
@@ -246,27 +277,79 @@ def make_transform(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _adjust_brightness_(images: torch.Tensor, factor: torch.Tensor) -> None:
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)
+"""Weights of R, G, B in torchvision's `rgb_to_grayscale` (ITU-R 601-2 luma), which `ColorJitter` blends with."""
+
+
+def _blend_(images: torch.Tensor, factor, other) -> None:
+    """torchvision's `_blend` in place on float images in [0, 255]: `factor * x + (1 - factor) * other`, clamped to
+    [0, 255]. With a Python `factor` <= 1 the blend of two values in [0, 255] stays in it, so the clamp is skipped
+    (a difference of at most float rounding); a tensor factor (one per image) always clamps."""
+    images.lerp_(other, 1 - factor)
+    if not isinstance(factor, float) or factor > 1:
+        images.clamp_(0.0, 255.0)
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's `rgb_to_grayscale` of `[N, 3, H, W]` float images: `[N, 1, H, W]`."""
+    red, green, blue = images.unbind(dim=1)
+    return red.mul(GREY_WEIGHTS[0]).add_(green, alpha=GREY_WEIGHTS[1]).add_(blue, alpha=GREY_WEIGHTS[2])[:, None]
+
+
+def _adjust_brightness_(images: torch.Tensor, factor) -> None:
     """torchvision's `adjust_brightness` per image, in place on float images in [0, 255]: `b * x`, clamped."""
-    images.mul_(factor).clamp_(max=255.0)
+    _blend_(images, factor, torch.zeros((), dtype=images.dtype, device=images.device))
 
 
-def _adjust_contrast_(images: torch.Tensor, factor: torch.Tensor) -> None:
-    """torchvision's `adjust_contrast` per image, in place: `c * x + (1 - c) * (mean grey of the image)`, clamped."""
-    mean_grey = TF.rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    images.mul_(factor).add_((1 - factor) * mean_grey).clamp_(0.0, 255.0)
+def _adjust_contrast_(images: torch.Tensor, factor) -> None:
+    """torchvision's `adjust_contrast` per image, in place: `c * x + (1 - c) * (mean grey of the image)`, clamped.
+    The mean grey is the grey-weighted sum of the channel means (the mean of `rgb_to_grayscale`, one pass fewer)."""
+    weights = torch.tensor(GREY_WEIGHTS, dtype=images.dtype, device=images.device)
+    mean_grey = (images.mean(dim=(2, 3)) * weights).sum(dim=1)[:, None, None, None]
+    _blend_(images, factor, mean_grey)
 
 
-def _adjust_saturation_(images: torch.Tensor, factor: torch.Tensor) -> None:
+def _adjust_saturation_(images: torch.Tensor, factor) -> None:
     """torchvision's `adjust_saturation` per image, in place: `s * x + (1 - s) * grey(x)`, clamped."""
-    grey = TF.rgb_to_grayscale(images).mul_(1 - factor)
-    images.mul_(factor).add_(grey).clamp_(0.0, 255.0)
+    _blend_(images, factor, _grey(images))
 
 
 COLOUR_ADJUSTMENTS = (_adjust_brightness_, _adjust_contrast_, _adjust_saturation_)
 """The adjustments of `ColorJitter(brightness, contrast, saturation)`, indexed as the columns of the factors."""
-CPU_CHUNK_IMAGES = 4
-"""On a CPU, `augment_imagenet_batch` adjusts this many images at a time, so that they stay in the cache."""
+
+
+def jitter_and_normalize(
+    images: torch.Tensor,
+    factors: torch.Tensor,
+    orders: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    per_image: bool,
+) -> torch.Tensor:
+    """Colour jitter with given parameters, then normalisation: a uint8 batch `[B, 3, H, W]` -> float32.
+
+    Image `i` gets `COLOUR_ADJUSTMENTS[orders[i, k]]` with factor `factors[i, orders[i, k]]` for k = 0, 1, 2 (as
+    torchvision's `ColorJitter` applies `adjust_brightness`, `adjust_contrast`, `adjust_saturation` to a float image,
+    in [0, 255] here), then `x * scale + shift` (`_normalization_affine`). `per_image` (on a CPU): each image is
+    finished in turn while it is in the cache, with Python factors; else (a GPU) the images sharing an order are
+    adjusted together."""
+    output = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    if per_image:
+        for index, (image_factors, order) in enumerate(zip(factors.tolist(), orders.tolist())):
+            pixels = output[index : index + 1].copy_(images[index : index + 1])
+            for adjustment in order:
+                COLOUR_ADJUSTMENTS[adjustment](pixels, image_factors[adjustment])
+            pixels.mul_(scale).add_(shift)
+        return output
+    codes = orders[:, 0] * 3 + orders[:, 1]  # the first two adjustments name the permutation
+    for code in torch.unique(codes).tolist():
+        indices = (codes == code).nonzero()[:, 0]
+        pixels = images.index_select(0, indices).float()
+        group_factors = factors.index_select(0, indices)[:, :, None, None, None]
+        for adjustment in (code // 3, code % 3, 3 - code // 3 - code % 3):
+            COLOUR_ADJUSTMENTS[adjustment](pixels, group_factors[:, adjustment])
+        output.index_copy_(0, indices, pixels.mul_(scale).add_(shift))
+    return output
 
 
 def augment_imagenet_batch(
@@ -280,8 +363,8 @@ def augment_imagenet_batch(
     train: the reference's `ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0)` with per-image
     parameters: each image draws its factors (b, c, s) uniformly from [0.6, 1.4] and its own random order of the three
     adjustments (`COLOUR_ADJUSTMENTS`, each clamped to the pixel range), as torchvision's `ColorJitter` draws per call,
-    from the device's torch RNG. Images sharing an order are adjusted together. Then (train and eval) the pixels are
-    scaled to [0, 1] and normalised with `mean`/`std` (default: ImageNet's). Returns float32 `[B, 3, H, W]`.
+    from the device's torch RNG (`jitter_and_normalize`). Then (train and eval) the pixels are scaled to [0, 1] and
+    normalised with `mean`/`std` (default: ImageNet's). Returns float32 `[B, 3, H, W]`.
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(
@@ -296,23 +379,7 @@ def augment_imagenet_batch(
     batch = images.shape[0]
     factors = torch.empty(batch, 3, device=device).uniform_(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)
     orders = torch.rand(batch, 3, device=device).argsort(dim=1)  # a uniform random permutation per image
-    codes = orders[:, 0] * 3 + orders[:, 1]  # the first two adjustments name the permutation
-    grouping = codes.argsort()
-    group_codes, group_sizes = torch.unique_consecutive(codes[grouping], return_counts=True)
-    chunk = CPU_CHUNK_IMAGES if device.type == "cpu" else batch
-    output = torch.empty(images.shape, dtype=torch.float32, device=device)
-    first = 0
-    for code, size in zip(group_codes.tolist(), group_sizes.tolist()):
-        order = (code // 3, code % 3, 3 - code // 3 - code % 3)
-        for start in range(first, first + size, chunk):
-            indices = grouping[start : min(start + chunk, first + size)]
-            pixels = images.index_select(0, indices).float()
-            chunk_factors = factors.index_select(0, indices)[:, :, None, None, None]
-            for adjustment in order:
-                COLOUR_ADJUSTMENTS[adjustment](pixels, chunk_factors[:, adjustment])
-            output.index_copy_(0, indices, pixels.mul_(scale).add_(shift))
-        first += size
-    return output
+    return jitter_and_normalize(images, factors, orders, scale, shift, per_image=device.type == "cpu")
 
 
 # --------------------------------------------------------------------------------------------------------------------
