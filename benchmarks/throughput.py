@@ -178,7 +178,7 @@ def measure(spec: dict) -> dict:
             args=stage_args,
             train_dataset=train_set,
             callbacks=[timer],
-            batch_augmentation=train_batch_augmentation(data_args, benchmark),
+            batch_augmentation=train_batch_augmentation(data_args, benchmark, plan),
         )
         if phase == "eval":
             batch_size = args.per_device_eval_batch_size

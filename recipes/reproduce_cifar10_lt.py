@@ -20,6 +20,8 @@ Schedules (fixed so that runs can be compared):
     python recipes/reproduce_cifar10_lt.py --scale paper --imbalance_factor 50 --rows lws_mixup,mislas_no_sl,crt_mixup \
         --output_dir runs/reproduce_paper_if50 --resume_from_checkpoint true
 
+A stage whose folder already holds its eval_results.json is read, not trained again, so rows trained elsewhere in
+this layout (on a GPU, say) are tabulated here; an interrupted stage resumes with `--resume_from_checkpoint true`.
 Writes OUTPUT_DIR/<row>/stage{1,2}/ (models, eval_results.json, diagrams, cards), OUTPUT_DIR/results.json,
 OUTPUT_DIR/results.md (the table, beside the paper's numbers) and OUTPUT_DIR/reliability_diagrams.png (CE,
 LWS + mixup, MiSLAS side by side, like the paper's Figures 1 and 4; the rows that ran). `--rows` runs a subset,
@@ -30,7 +32,6 @@ run (for example `--dataloader_num_workers 0`).
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,15 @@ LABELS = {
 }
 
 
-def run(flags: list[str]) -> tuple[dict, float]:
-    start = time.perf_counter()
-    model_args, data_args, training_args, config_text = parse_arguments(flags)
-    results = train(model_args, data_args, training_args, config_yaml=config_text)
-    return results, time.perf_counter() - start
+def run(flags: list[str], stage_dir: Path) -> tuple[dict, float]:
+    """The test metrics and training time (seconds, the Trainer's `train_runtime`) of the stage that `flags` train
+    into `stage_dir`; a stage whose folder already holds its `eval_results.json` (an earlier run of this recipe, on
+    this machine or another) is read, not trained again."""
+    if not (stage_dir / "eval_results.json").is_file():
+        model_args, data_args, training_args, config_text = parse_arguments(flags)
+        train(model_args, data_args, training_args, config_yaml=config_text)
+    metrics = json.loads((stage_dir / "eval_results.json").read_text())
+    return metrics, json.loads((stage_dir / "train_results.json").read_text())["train_runtime"]
 
 
 def percent(value) -> str:
@@ -91,7 +96,7 @@ def percent(value) -> str:
 
 def write_table(rows: dict, scale: str, imbalance_factor: int, path: Path) -> None:
     lines = [
-        f"| Row | Top-1 | Many | Medium | Few | ECE | NLL | Wall time (min) | Paper top-1 / ECE (200+10 epochs) |",
+        f"| Row | Top-1 | Many | Medium | Few | ECE | NLL | Training time (min) | Paper top-1 / ECE (200+10 epochs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row, (metrics, minutes) in rows.items():
@@ -163,18 +168,19 @@ def main():
               *extra]
     rows = {}
     if "ce" in selected:
-        results, seconds = run([*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")])
-        rows["ce"] = (results["stage1"], seconds / 60)
+        flags = [*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")]
+        metrics, seconds = run(flags, output_dir / "ce" / "stage1")
+        rows["ce"] = (metrics, seconds / 60)
     stage2_rows = {row: flags for row, flags in STAGE2_ROWS.items() if row in selected}
     stage1_dir = output_dir / "stage1_mixup"
     if stage2_rows:
-        results, stage1_seconds = run([*common, "--stage", "1", "--output_dir", str(stage1_dir)])
+        _, stage1_seconds = run([*common, "--stage", "1", "--output_dir", str(stage1_dir)], stage1_dir / "stage1")
     for row, flags in stage2_rows.items():
         stage2_flags = ["--stage", "2", "--model_name_or_path", str(stage1_dir / "stage1"), *flags]
-        results, seconds = run([*common, *stage2_flags, "--output_dir", str(output_dir / row)])
-        rows[row] = (results["stage2"], (stage1_seconds + seconds) / 60)
+        metrics, seconds = run([*common, *stage2_flags, "--output_dir", str(output_dir / row)], output_dir / row / "stage2")
+        rows[row] = (metrics, (stage1_seconds + seconds) / 60)
     (output_dir / "results.json").write_text(
-        json.dumps({row: {"metrics": m, "wall_minutes": t} for row, (m, t) in rows.items()}, indent=2) + "\n"
+        json.dumps({row: {"metrics": m, "training_minutes": t} for row, (m, t) in rows.items()}, indent=2) + "\n"
     )
     write_table(rows, args.scale, args.imbalance_factor, output_dir / "results.md")
     combined_diagram(output_dir, args.dataset_name, args.imbalance_factor, output_dir / "reliability_diagrams.png")

@@ -258,3 +258,15 @@ def test_stage2_refuses_to_hold_out_other_images_than_its_stage1_model(uncalibra
     with pytest.raises(ValueError, match="holds out other images than the stage-1 model"):
         train(model_args, data_args, training_args)
     assert not (tmp_path / "out" / "stage2").exists()
+
+
+def test_reproduce_reads_a_finished_stage_instead_of_training_it(tmp_path):
+    """A stage folder holding its eval_results.json (trained elsewhere, e.g. on a GPU) is tabulated as it is: its
+    metrics and the Trainer's train_runtime come back, and nothing is trained (the flags would not even parse)."""
+    reproduce = load_recipe("reproduce_cifar10_lt")
+    stage_dir = tmp_path / "mislas_no_sl" / "stage2"
+    stage_dir.mkdir(parents=True)
+    metrics = {"eval_accuracy": 0.8227, "eval_ece": 0.0317, "eval_nll": 0.608}
+    (stage_dir / "eval_results.json").write_text(json.dumps(metrics))
+    (stage_dir / "train_results.json").write_text(json.dumps({"train_runtime": 75.5}))
+    assert reproduce.run(["--no_such_flag"], stage_dir) == (metrics, 75.5)
