@@ -569,3 +569,32 @@ def reliability_diagram(confidences, correct, path, n_bins=15, title=None):
     figure.tight_layout()
     figure.savefig(path, format="png")
     return path
+
+
+def combine_reliability_diagrams(panels, path, columns=3):
+    """Save saved reliability diagrams side by side as one PNG (the paper's Figs. 1 and 4 compare methods so).
+
+    Args:
+        panels: ``[(title, png_path), ...]``, e.g. the ``reliability_diagram.png`` each evaluation wrote.
+        path: output file (PNG).
+        columns: panels per line (fewer when there are fewer panels).
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib.image
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("combine_reliability_diagrams needs at least one (title, png_path) panel")
+    columns = min(columns, len(panels))
+    lines = -(-len(panels) // columns)
+    figure = Figure(figsize=(4 * columns, 4 * lines))
+    for index, (title, png_path) in enumerate(panels):
+        ax = figure.add_subplot(lines, columns, index + 1)
+        ax.imshow(matplotlib.image.imread(png_path))
+        ax.set_title(title)
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path

@@ -32,9 +32,7 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib.image
-from matplotlib.figure import Figure
-
+from mislas_hf.calibration import combine_reliability_diagrams
 from mislas_hf.run import CalibrationArguments, DIAGRAM_FILENAME, calibrate, parse_arguments, train
 
 CONFIG = Path(__file__).parent / "configs" / "cifar10_lt_if100.yaml"
@@ -133,20 +131,6 @@ def write_table(results: dict, path: Path, extra: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def combined_diagram(output_dir: Path, rows: list[str], path: Path) -> None:
-    """The rows' reliability diagrams (each written by its evaluation) side by side, three per line."""
-    columns = min(3, len(rows))
-    lines = -(-len(rows) // columns)
-    figure = Figure(figsize=(4 * columns, 4 * lines))
-    for index, row in enumerate(rows):
-        ax = figure.add_subplot(lines, columns, index + 1)
-        ax.imshow(matplotlib.image.imread(row_dir(output_dir, row) / DIAGRAM_FILENAME))
-        ax.set_title(ROWS[row][0])
-        ax.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
@@ -169,7 +153,10 @@ def main(argv: list[str] | None = None):
     results = {row: run_row(output_dir, row, common) for row in selected}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_table(results, output_dir / "results.md", extra)
-    combined_diagram(output_dir, selected, output_dir / "reliability_diagrams.png")
+    combine_reliability_diagrams(
+        [(ROWS[row][0], row_dir(output_dir, row) / DIAGRAM_FILENAME) for row in selected],
+        output_dir / "reliability_diagrams.png",
+    )
     return results
 
 

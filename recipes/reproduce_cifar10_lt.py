@@ -34,14 +34,8 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-from matplotlib.figure import Figure
-
-from mislas_hf import MislasForImageClassification
-from mislas_hf.calibration import calibration_bins, draw_reliability_diagram
-from mislas_hf.data import load_benchmark, make_transform
-from mislas_hf.run import parse_arguments, train
+from mislas_hf.calibration import combine_reliability_diagrams
+from mislas_hf.run import DIAGRAM_FILENAME, parse_arguments, train
 
 CONFIGS = {factor: Path(__file__).parent / "configs" / f"cifar10_lt_if{factor}.yaml" for factor in (100, 50, 10)}
 SCALES = {
@@ -119,29 +113,6 @@ def write_table(rows: dict, scale: str, imbalance_factor: int, path: Path) -> No
     path.write_text("\n".join(lines) + "\n")
 
 
-def combined_diagram(output_dir: Path, dataset_name: str, imbalance_factor: int, path: Path) -> None:
-    """CE, LWS + mixup and MiSLAS reliability diagrams side by side (paper Figures 1 and 4)."""
-    benchmark = load_benchmark("cifar10-lt", imbalance_factor=imbalance_factor, dataset_name=dataset_name)
-    test = benchmark.splits["test"]
-    test.set_transform(make_transform("cifar", train=False))
-    panels = [(row, stage) for row, stage in DIAGRAM_PANELS if (output_dir / row / stage).is_dir()]
-    figure = Figure(figsize=(4 * len(panels), 4))
-    for index, (row, stage) in enumerate(panels):
-        model = MislasForImageClassification.from_pretrained(output_dir / row / stage).eval()
-        confidences, correct = [], []
-        with torch.inference_mode():
-            for start in range(0, len(test), 500):
-                batch = test[start : start + 500]
-                probabilities = model(torch.stack(batch["pixel_values"])).logits.double().softmax(-1)
-                confidence, predicted = probabilities.max(-1)
-                confidences.append(confidence.numpy())
-                correct.append(predicted.numpy() == np.asarray(batch["labels"]))
-        bins = calibration_bins(np.concatenate(confidences), np.concatenate(correct))
-        draw_reliability_diagram(figure.add_subplot(1, len(panels), index + 1), bins, title=LABELS[row])
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -183,7 +154,10 @@ def main():
         json.dumps({row: {"metrics": m, "training_minutes": t} for row, (m, t) in rows.items()}, indent=2) + "\n"
     )
     write_table(rows, args.scale, args.imbalance_factor, output_dir / "results.md")
-    combined_diagram(output_dir, args.dataset_name, args.imbalance_factor, output_dir / "reliability_diagrams.png")
+    panels = [(LABELS[row], output_dir / row / stage / DIAGRAM_FILENAME) for row, stage in DIAGRAM_PANELS]
+    combine_reliability_diagrams(
+        [(title, png) for title, png in panels if png.is_file()], output_dir / "reliability_diagrams.png"
+    )
 
 
 if __name__ == "__main__":

@@ -535,3 +535,23 @@ def test_reliability_diagram_png_and_bar_heights(tmp_path):
     assert f"ECE = {100 * bins.ece:.2f}%" in [text.get_text() for text in ax.texts]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Confidence", "Accuracy")
     assert ax.get_xlim() == (0.0, 1.0) and ax.get_ylim() == (0.0, 1.0)
+
+
+def test_combine_reliability_diagrams_places_each_saved_diagram_in_its_panel(tmp_path):
+    """Two saved images, a red and a blue square, side by side: the left panel's centre is red, the right one's
+    blue."""
+    import matplotlib.image
+
+    from mislas_hf.calibration import combine_reliability_diagrams
+
+    paths = []
+    for name, colour in (("red", [1.0, 0.0, 0.0]), ("blue", [0.0, 0.0, 1.0])):
+        paths.append(tmp_path / f"{name}.png")
+        matplotlib.image.imsave(paths[-1], np.tile(np.asarray(colour), (40, 40, 1)))
+    output = combine_reliability_diagrams([("CE", paths[0]), ("MiSLAS", paths[1])], tmp_path / "both.png")
+    image = matplotlib.image.imread(output)[..., :3]
+    height, width = image.shape[:2]
+    assert np.allclose(image[height // 2, width // 4], [1, 0, 0], atol=0.02)
+    assert np.allclose(image[height // 2, 3 * width // 4], [0, 0, 1], atol=0.02)
+    with pytest.raises(ValueError, match="at least one"):
+        combine_reliability_diagrams([], tmp_path / "none.png")
