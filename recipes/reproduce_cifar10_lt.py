@@ -73,15 +73,14 @@ LABELS = {
 }
 
 
-def run(flags: list[str], stage_dir: Path) -> tuple[dict, float]:
-    """The test metrics and training time (seconds, the Trainer's `train_runtime`) of the stage that `flags` train
-    into `stage_dir`; a stage whose folder already holds its `eval_results.json` (an earlier run of this recipe, on
-    this machine or another) is read, not trained again."""
+def run(flags: list[str], stage_dir: Path) -> dict:
+    """The test metrics of the stage that `flags` train into `stage_dir`; a stage whose folder already holds its
+    `eval_results.json` (an earlier run of this recipe, on this machine or another) is read, not trained again.
+    Training times are in each stage's `train_results.json` (`train_runtime`: the last session's, when resumed)."""
     if not (stage_dir / "eval_results.json").is_file():
         model_args, data_args, training_args, config_text = parse_arguments(flags)
         train(model_args, data_args, training_args, config_yaml=config_text)
-    metrics = json.loads((stage_dir / "eval_results.json").read_text())
-    return metrics, json.loads((stage_dir / "train_results.json").read_text())["train_runtime"]
+    return json.loads((stage_dir / "eval_results.json").read_text())
 
 
 def percent(value) -> str:
@@ -90,10 +89,10 @@ def percent(value) -> str:
 
 def write_table(rows: dict, scale: str, imbalance_factor: int, path: Path) -> None:
     lines = [
-        f"| Row | Top-1 | Many | Medium | Few | ECE | NLL | Training time (min) | Paper top-1 / ECE (200+10 epochs) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Row | Top-1 | Many | Medium | Few | ECE | NLL | Paper top-1 / ECE (200+10 epochs) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for row, (metrics, minutes) in rows.items():
+    for row, metrics in rows.items():
         paper_accuracy, paper_ece = PAPER[imbalance_factor][row]
         paper = "not reported for CIFAR-10" if paper_accuracy is None else (
             f"{paper_accuracy} / {paper_ece if paper_ece is not None else '–'}"
@@ -101,7 +100,7 @@ def write_table(rows: dict, scale: str, imbalance_factor: int, path: Path) -> No
         lines.append(
             f"| {LABELS[row]} | {percent(metrics['eval_accuracy'])} | {percent(metrics.get('eval_many_accuracy'))} | "
             f"{percent(metrics.get('eval_medium_accuracy'))} | {percent(metrics.get('eval_few_accuracy'))} | "
-            f"{percent(metrics['eval_ece'])} | {metrics['eval_nll']:.3f} | {minutes:.1f} | {paper} |"
+            f"{percent(metrics['eval_ece'])} | {metrics['eval_nll']:.3f} | {paper} |"
         )
     lines.append("")
     reference_accuracy, reference_ece = REFERENCE_README[imbalance_factor]
@@ -140,18 +139,16 @@ def main():
     rows = {}
     if "ce" in selected:
         flags = [*common, "--stage", "1", "--mixup_alpha", "0", "--output_dir", str(output_dir / "ce")]
-        metrics, seconds = run(flags, output_dir / "ce" / "stage1")
-        rows["ce"] = (metrics, seconds / 60)
+        rows["ce"] = run(flags, output_dir / "ce" / "stage1")
     stage2_rows = {row: flags for row, flags in STAGE2_ROWS.items() if row in selected}
     stage1_dir = output_dir / "stage1_mixup"
     if stage2_rows:
-        _, stage1_seconds = run([*common, "--stage", "1", "--output_dir", str(stage1_dir)], stage1_dir / "stage1")
+        run([*common, "--stage", "1", "--output_dir", str(stage1_dir)], stage1_dir / "stage1")
     for row, flags in stage2_rows.items():
         stage2_flags = ["--stage", "2", "--model_name_or_path", str(stage1_dir / "stage1"), *flags]
-        metrics, seconds = run([*common, *stage2_flags, "--output_dir", str(output_dir / row)], output_dir / row / "stage2")
-        rows[row] = (metrics, (stage1_seconds + seconds) / 60)
+        rows[row] = run([*common, *stage2_flags, "--output_dir", str(output_dir / row)], output_dir / row / "stage2")
     (output_dir / "results.json").write_text(
-        json.dumps({row: {"metrics": m, "training_minutes": t} for row, (m, t) in rows.items()}, indent=2) + "\n"
+        json.dumps({row: {"metrics": metrics} for row, metrics in rows.items()}, indent=2) + "\n"
     )
     write_table(rows, args.scale, args.imbalance_factor, output_dir / "results.md")
     panels = [(LABELS[row], output_dir / row / stage / DIAGRAM_FILENAME) for row, stage in DIAGRAM_PANELS]

@@ -85,9 +85,9 @@ def test_reproduce_table_quotes_table4_for_its_imbalance_factor(tmp_path, factor
     reproduce = load_recipe("reproduce_cifar10_lt")
     metrics = {"eval_accuracy": 0.8512, "eval_many_accuracy": 0.9, "eval_medium_accuracy": 0.8,
                "eval_few_accuracy": 0.7, "eval_ece": 0.0234, "eval_nll": 0.5}
-    reproduce.write_table({"mislas_no_sl": (metrics, 12.5)}, "paper", factor, tmp_path / "results.md")
+    reproduce.write_table({"mislas_no_sl": metrics}, "paper", factor, tmp_path / "results.md")
     row, footer = (tmp_path / "results.md").read_text().splitlines()[2], (tmp_path / "results.md").read_text()
-    assert row == f"| MiSLAS without shifted BN | 85.12 | 90.00 | 80.00 | 70.00 | 2.34 | 0.500 | 12.5 | {paper} |"
+    assert row == f"| MiSLAS without shifted BN | 85.12 | 90.00 | 80.00 | 70.00 | 2.34 | 0.500 | {paper} |"
     assert f"imbalance factor {factor}" in footer
     assert {100: "82.5 / 3.66", 50: "85.7 / 2.01", 10: "90.0 / 1.2"}[factor] in footer
     assert reproduce.CONFIGS[factor].name == f"cifar10_lt_if{factor}.yaml" and reproduce.CONFIGS[factor].is_file()
@@ -262,11 +262,10 @@ def test_stage2_refuses_to_hold_out_other_images_than_its_stage1_model(uncalibra
 
 def test_reproduce_reads_a_finished_stage_instead_of_training_it(tmp_path):
     """A stage folder holding its eval_results.json (trained elsewhere, e.g. on a GPU) is tabulated as it is: its
-    metrics and the Trainer's train_runtime come back, and nothing is trained (the flags would not even parse)."""
+    metrics come back and nothing is trained (the flags would not even parse)."""
     reproduce = load_recipe("reproduce_cifar10_lt")
     stage_dir = tmp_path / "mislas_no_sl" / "stage2"
     stage_dir.mkdir(parents=True)
     metrics = {"eval_accuracy": 0.8227, "eval_ece": 0.0317, "eval_nll": 0.608}
     (stage_dir / "eval_results.json").write_text(json.dumps(metrics))
-    (stage_dir / "train_results.json").write_text(json.dumps({"train_runtime": 75.5}))
-    assert reproduce.run(["--no_such_flag"], stage_dir) == (metrics, 75.5)
+    assert reproduce.run(["--no_such_flag"], stage_dir) == metrics
