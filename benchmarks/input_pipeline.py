@@ -1,9 +1,9 @@
 """Throughput of the ImageNet-family input pipeline: ours against the reference's kind, side by side, same files.
 
-* ours: `load_list_file_dataset` -> `with_encoded_images` -> `set_transform(make_transform("imagenet", train))`,
-  the Trainer's collator (`transformers.default_data_collator`), and in training `augment_imagenet_batch` (colour
-  jitter, normalisation) on each collated batch, which runs on the training device: on this machine's CPU, in the
-  main process, as it would without a GPU. Evaluation batches leave the workers normalised.
+* ours: `load_list_file_dataset` -> `with_encoded_images` -> `set_transform(make_transform("imagenet", train))`
+  (uint8 images), the Trainer's collator (`transformers.default_data_collator`), and `augment_imagenet_batch(batch,
+  train)` on each collated batch (training: colour jitter and normalisation; evaluation: normalisation), which the
+  trainer runs on the training device: here on the CPU, in the main process, as it would without a GPU.
 * reference: the reference's `LT_Dataset` (dvlab-research/MiSLAS `datasets/imagenet.py`: list file, PIL
   `Image.open(f).convert("RGB")`), re-implemented here, with its torchvision PIL transforms: train =
   `RandomResizedCrop(224)`, `RandomHorizontalFlip()`, `ColorJitter(0.4, 0.4, 0.4, 0)`, `ToTensor()`, `Normalize`;
@@ -137,7 +137,7 @@ def our_loader(data_dir: str, train_list: str, test_list: str, train: bool, work
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=train, num_workers=workers, collate_fn=default_data_collator
     )
-    return loader, (augment_imagenet_batch if train else None)
+    return loader, augment_imagenet_batch
 
 
 def measure(spec: dict) -> dict:
@@ -158,7 +158,7 @@ def measure(spec: dict) -> dict:
         for batch in loader:
             pixel_values = batch[0] if isinstance(batch, (list, tuple)) else batch["pixel_values"]
             if batch_part is not None:
-                pixel_values = batch_part(pixel_values, True)
+                pixel_values = batch_part(pixel_values, train)
             if pixel_values.dtype != torch.float32 or pixel_values.shape[1:] != (3, spec["image_size"], spec["image_size"]):
                 raise RuntimeError(f"{spec['pipeline']} gave {pixel_values.dtype} {tuple(pixel_values.shape)}")
             images += pixel_values.shape[0]

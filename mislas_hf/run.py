@@ -58,7 +58,7 @@ from .data import (
 )
 from .hub import PAPER_RESULTS, push_model_folder, write_model_card
 from .modeling_mislas import MislasForImageClassification, load_resnet_backbone
-from .trainer import MislasTrainer, MislasTrainingArguments
+from .trainer import DeviceBatchTrainer, MislasTrainer, MislasTrainingArguments
 
 DIAGRAM_FILENAME = "reliability_diagram.png"
 logger = logging.get_logger(__name__)
@@ -480,7 +480,8 @@ def load_splits(
     """The data with transforms set, plus the held-out validation split when asked for: the
     `--validation_split_percentage` hold-out of the training set, or the split `validation_split_name` of the data.
     With in-memory images (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split
-    then yields raw uint8 images, which the trainer augments on its device (`train_batch_augmentation`)."""
+    then yields raw uint8 images, which the trainer augments on its device (`train_batch_augmentation`). Every
+    imagenet-family split yields uint8 images, finished on the device by the same function."""
     benchmark = load_data(data_args, plan.family)
     train, test = benchmark.splits["train"], benchmark.splits["test"]
     validation = None
@@ -517,6 +518,8 @@ def load_splits(
             train, test = with_encoded_images(train), with_encoded_images(test)
             validation = with_encoded_images(validation) if validation is not None else None
         options = preprocessing(data_args, benchmark, plan)
+        if benchmark.family == "imagenet":  # normalised on the device (train_batch_augmentation)
+            options = dict(image_size=options["image_size"])
         train_transform = make_transform(benchmark.family, train=True, **options)
         eval_transform = make_transform(benchmark.family, train=False, **options)
     train.set_transform(train_transform)
@@ -545,8 +548,9 @@ def train_batch_augmentation(data_args: DataArguments, benchmark, plan: ModelPla
     """`MislasTrainer`'s `batch_augmentation` for the training split of `load_splits`, which runs on the training
     device: for the imagenet family `augment_imagenet_batch` with the mean/std of `preprocessing` (colour jitter and
     normalisation of the uint8 crops the loader workers made); with in-memory CIFAR images `augment_cifar_batch`;
-    else None (the per-sample transform already augmented the images). Evaluation splits leave the workers
-    normalised, so a plain `Trainer` (`evaluate`) consumes them as well."""
+    else None (the per-sample transform already augmented the images). The imagenet family's evaluation splits
+    are uint8 as well: the function normalises them (`train=False`), in `MislasTrainer`'s evaluation and in
+    `float32_evaluation_trainer`."""
     if benchmark.family == "imagenet":
         options = preprocessing(data_args, benchmark, plan)
         return functools.partial(augment_imagenet_batch, mean=options["mean"], std=options["std"])
@@ -773,16 +777,20 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     return results
 
 
-def float32_evaluation_trainer(model, args: MislasTrainingArguments, benchmark, counts: list[int]) -> Trainer:
-    """A plain `Trainer` that evaluates a saved model in float32 (as `report` says) with the package's metrics; the
-    model's config gets the benchmark's class counts and Many/Medium/Few boundaries where it has none."""
+def float32_evaluation_trainer(
+    model, args: MislasTrainingArguments, benchmark, counts: list[int], batch_augmentation=None
+) -> DeviceBatchTrainer:
+    """A plain `Trainer` (a `DeviceBatchTrainer`: uint8 batches go through `batch_augmentation`, see
+    `train_batch_augmentation`) that evaluates a saved model in float32 (as `report` says) with the package's
+    metrics; the model's config gets the benchmark's class counts and Many/Medium/Few boundaries where it has none."""
     if model.config.class_counts is None:
         model.config.class_counts = counts
     if model.config.class_group_boundaries is None:
         model.config.class_group_boundaries = benchmark.class_group_boundaries
-    return Trainer(
+    return DeviceBatchTrainer(
         model=model,
         args=dataclasses.replace(args, push_to_hub=False, bf16=False, fp16=False),
+        batch_augmentation=batch_augmentation,
         compute_metrics=compute_metrics(
             model.config.class_counts,
             model.config.class_group_boundaries,
@@ -803,7 +811,9 @@ def evaluate(model_path: str, data_args: DataArguments, args: MislasTrainingArgu
             f"{model_path} has {model.config.num_labels} classes but {benchmark.name} has "
             f"{len(benchmark.class_names)}: evaluate it on the benchmark it was trained on (--dataset)."
         )
-    trainer = float32_evaluation_trainer(model, args, benchmark, counts)
+    trainer = float32_evaluation_trainer(
+        model, args, benchmark, counts, train_batch_augmentation(data_args, benchmark, plan)
+    )
     metrics = report(trainer, test, args.output_dir, benchmark, None, model_id=args.hub_model_id or model_path)
     if args.push_to_hub and args.process_index == 0:
         model.save_pretrained(args.output_dir)
@@ -915,7 +925,9 @@ def calibrate(calibration_args: CalibrationArguments, data_args: DataArguments, 
             f"classes {differing[:10]}): pass the training run's data options (--dataset_name, --data_dir, lists)."
         )
     model.config.temperature, model.config.calibration = 1.0, None  # fit on the head's own logits
-    trainer = float32_evaluation_trainer(model, args, benchmark, counts)
+    trainer = float32_evaluation_trainer(
+        model, args, benchmark, counts, train_batch_augmentation(data_args, benchmark, plan)
+    )
     prediction = trainer.predict(validation, metric_key_prefix="validation")
     logits, labels = np.asarray(prediction.predictions, dtype=np.float64), np.asarray(prediction.label_ids)
     if calibration_args.method == "temperature":

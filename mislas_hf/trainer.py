@@ -186,7 +186,40 @@ def multistep_schedule_with_warmup(optimizer, warmup_steps: int, milestones: lis
     return LambdaLR(optimizer, lr_lambda)
 
 
-class MislasTrainer(Trainer):
+class DeviceBatchTrainer(Trainer):
+    """A `Trainer` whose `_prepare_inputs` finishes raw uint8 image batches on their device (the GPU when there is
+    one): `batch_augmentation(pixel_values, train)` turns a collated uint8 batch into the model's float input,
+    `data.augment_imagenet_batch` (in training colour jitter, then normalisation) for `make_transform("imagenet",
+    ...)`, `data.augment_cifar_batch` for a split made by `data.decode_cifar_images`. `MislasTrainer` is one; the
+    float32 evaluation of a saved model (`run.float32_evaluation_trainer`) is a plain one."""
+
+    def __init__(self, *args, batch_augmentation: Callable[[torch.Tensor, bool], torch.Tensor] | None = None, **kwargs):
+        self.batch_augmentation = batch_augmentation
+        super().__init__(*args, **kwargs)
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """The Trainer's device placement, then: a raw uint8 image batch goes through `batch_augmentation` on its
+        device (in training the random part left to the device, in evaluation normalisation only), and with
+        `channels_last` the pixel values are made channels-last. Idempotent: a prepared batch passes through."""
+        inputs = super()._prepare_inputs(inputs)
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is None:
+            return inputs
+        if pixel_values.dtype == torch.uint8:
+            if self.batch_augmentation is None:
+                raise ValueError(
+                    "The batch holds raw uint8 images (make_transform('imagenet', ...), or a split made by "
+                    "decode_cifar_images with InMemoryCifarTransform(train=True)): pass the trainer "
+                    "batch_augmentation=augment_imagenet_batch or batch_augmentation=augment_cifar_batch."
+                )
+            pixel_values = self.batch_augmentation(pixel_values, self.model.training)
+        if getattr(self.args, "channels_last", False) and pixel_values.dim() == 4:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        inputs["pixel_values"] = pixel_values
+        return inputs
+
+
+class MislasTrainer(DeviceBatchTrainer):
     """Trainer for one MiSLAS stage (`args.stage` is "1" or "2"); the model must be a
     `MislasForImageClassification` whose `config.class_counts` describe the training set.
 
@@ -195,9 +228,7 @@ class MislasTrainer(Trainer):
     `create_scheduler` (multistep with warm-up), `_prepare_inputs` (`batch_augmentation` of raw uint8 image batches on
     their device, channels-last pixel values). Evaluation logs accuracy, Many/Medium/Few, ECE, MCE and NLL.
 
-    `batch_augmentation(pixel_values, train)` turns a collated uint8 image batch into the model's float input on the
-    batch's device: `data.augment_imagenet_batch` (colour jitter, normalisation) for `make_transform("imagenet",
-    train=True)`, `data.augment_cifar_batch` for a split made by `data.decode_cifar_images`.
+    `batch_augmentation`: see `DeviceBatchTrainer`.
     """
 
     # compute_loss returns a per-batch mean: training_step must divide it by the accumulation steps.
@@ -227,8 +258,9 @@ class MislasTrainer(Trainer):
             model.prepare_stage2(head_mode=args.head_mode, shift_bn=args.shift_bn)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.batch_augmentation = batch_augmentation
-        super().__init__(model=model, args=args, compute_metrics=compute_metrics, **kwargs)
+        super().__init__(
+            model=model, args=args, compute_metrics=compute_metrics, batch_augmentation=batch_augmentation, **kwargs
+        )
         self.add_callback(StopOnNonFiniteLoss())
         self.criterion = self._build_criterion(config.class_counts)
 
@@ -263,27 +295,6 @@ class MislasTrainer(Trainer):
             outputs = model(pixel_values=pixel_values)
             loss = criterion(outputs.logits.float(), labels)
         return (loss, outputs) if return_outputs else loss
-
-    def _prepare_inputs(self, inputs: dict) -> dict:
-        """The Trainer's device placement, then: a raw uint8 image batch goes through `batch_augmentation` on its
-        device (in training the random part left to the device, in evaluation normalisation only), and with
-        `channels_last` the pixel values are made channels-last. Idempotent: a prepared batch passes through."""
-        inputs = super()._prepare_inputs(inputs)
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is None:
-            return inputs
-        if pixel_values.dtype == torch.uint8:
-            if self.batch_augmentation is None:
-                raise ValueError(
-                    "The batch holds raw uint8 images (make_transform('imagenet', train=True), or a split made by "
-                    "decode_cifar_images with InMemoryCifarTransform(train=True)): pass MislasTrainer("
-                    "batch_augmentation=augment_imagenet_batch) or batch_augmentation=augment_cifar_batch."
-                )
-            pixel_values = self.batch_augmentation(pixel_values, self.model.training)
-        if self.args.channels_last and pixel_values.dim() == 4:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        inputs["pixel_values"] = pixel_values
-        return inputs
 
     def _get_train_sampler(self, train_dataset=None):
         """Stage 2: the class-aware sampler (one global stream; under Accelerate its batches are sharded across

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from mislas_hf import MislasForImageClassification
 from mislas_hf.calibration import calibration_metrics, class_groups, confidence_and_correctness
-from mislas_hf.data import load_benchmark, make_transform
+from mislas_hf.data import augment_imagenet_batch, load_benchmark, make_transform
 
 
 def classifier_weight_norms(model: MislasForImageClassification) -> np.ndarray:
@@ -29,6 +29,22 @@ def classifier_weight_norms(model: MislasForImageClassification) -> np.ndarray:
     head = model.classifier
     weight = head.retention_factor * head.weight + head.delta_weight
     return (head.scale[:, None] * weight).norm(dim=1).detach().numpy()
+
+
+def evaluation_transform(benchmark):
+    """The benchmark's evaluation transform with normalised float32 output: the imagenet family's uint8 images are
+    normalised per batch with the benchmark's mean/std, as the trainer does on its device."""
+    transform = make_transform(benchmark.family, train=False)
+    if benchmark.family != "imagenet":
+        return transform
+
+    def normalised(batch: dict) -> dict:
+        out = transform(batch)
+        pixels = torch.stack(out["pixel_values"])
+        pixels = augment_imagenet_batch(pixels, train=False, mean=benchmark.mean, std=benchmark.std)
+        return {**out, "pixel_values": list(pixels)}
+
+    return normalised
 
 
 def predict_logits(model, dataset, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -142,13 +158,13 @@ def main():
     first = next(iter(models.values())).config
     groups = class_groups(first.class_counts, boundaries=first.class_group_boundaries)
     test = benchmark.splits["test"]
-    test.set_transform(make_transform(benchmark.family, train=False))
+    test.set_transform(evaluation_transform(benchmark))
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot_weight_norms(models, first.class_counts, output_dir / "classifier_weight_norms.png")
     plot_confidence_distributions(models, test, groups, output_dir / "confidence_distributions.png")
     train = benchmark.splits["train"]
-    train.set_transform(make_transform(benchmark.family, train=False))
+    train.set_transform(evaluation_transform(benchmark))
     statistics = fit_statistics(models, {"train": train, "test": test})
     (output_dir / "fit.json").write_text(json.dumps(statistics, indent=2) + "\n")
     (output_dir / "fit.md").write_text(fit_table(statistics))

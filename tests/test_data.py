@@ -384,8 +384,9 @@ def test_imagenet_eval_transform_resizes_256_and_centre_crops_224():
     mean, std = np.asarray(IMAGENET_DEFAULT_MEAN)[:, None, None], np.asarray(IMAGENET_DEFAULT_STD)[:, None, None]
     constant = Image.new("RGB", (300, 200), (10, 128, 250))
     image, linear = gradient_image()
-    out = make_transform("imagenet", train=False)({"image": [constant, image], "label": [0, 1]})["pixel_values"]
-    assert [tuple(p.shape) for p in out] == [(3, 224, 224)] * 2
+    raw = make_transform("imagenet", train=False)({"image": [constant, image], "label": [0, 1]})["pixel_values"]
+    assert [(p.dtype, tuple(p.shape)) for p in raw] == [(torch.uint8, (3, 224, 224))] * 2
+    out = augment_imagenet_batch(torch.stack(raw), train=False)  # the normalisation, on the device
     expected_constant = (np.asarray([10, 128, 250])[:, None, None] / 255 - mean) / std
     np.testing.assert_allclose(out[0].numpy(), np.broadcast_to(expected_constant, (3, 224, 224)), atol=1e-5)
     # 320x480 -> shorter side 256: 256x384, scale 1.25; centre crop: rows 16..239, columns 80..303;
@@ -622,11 +623,18 @@ def test_each_benchmark_is_normalised_with_the_reference_statistics(dataset, mea
     augmentation = train_batch_augmentation(DataArguments(dataset=dataset), benchmark, plan)
     np.testing.assert_allclose(augmentation(batch, False).numpy(), np.stack([expected] * 2), atol=1e-5)
     picture = Image.new("RGB", (size + 40, size + 20), tuple(int(c) for c in colour))
-    transform = make_transform(spec.family, train=False, mean=spec.mean, std=spec.std)
     if spec.family == "cifar":
         picture = Image.new("RGB", (32, 32), tuple(int(c) for c in colour))
-    np.testing.assert_allclose(transform({"image": [picture], "label": [0]})["pixel_values"][0].numpy(), expected,
-                               atol=1e-5)
+        pixel_values = make_transform("cifar", train=False, mean=spec.mean, std=spec.std)(
+            {"image": [picture], "label": [0]}
+        )["pixel_values"][0]
+    else:  # uint8 from the workers, normalised by the batch part
+        with pytest.raises(ValueError, match="augment_imagenet_batch"):
+            make_transform("imagenet", train=False, mean=mean, std=std)
+        raw = make_transform("imagenet", train=False)({"image": [picture], "label": [0]})["pixel_values"][0]
+        assert raw.dtype == torch.uint8
+        pixel_values = augmentation(raw[None], False)[0]
+    np.testing.assert_allclose(pixel_values.numpy(), expected, atol=1e-5)
     processor = make_image_processor(spec.family, mean=spec.mean, std=spec.std)
     np.testing.assert_allclose(processor(picture, return_tensors="pt")["pixel_values"][0].numpy(), expected,
                                atol=1e-5)
@@ -766,7 +774,8 @@ def test_imagenet_image_processor_matches_the_eval_transform(tmp_path):
     transform = make_transform("imagenet", train=False)
     for picture, max_tol, mean_tol in ((image, 0.02, 0.005), (natural, 0.1, 0.01)):
         got = processor(picture, return_tensors="pt")["pixel_values"][0]
-        expected = transform({"image": [picture], "label": [0]})["pixel_values"][0]
+        raw = transform({"image": [picture], "label": [0]})["pixel_values"][0]
+        expected = augment_imagenet_batch(raw[None], train=False)[0]
         assert got.shape == (3, 224, 224)
         difference = (got - expected).abs()
         assert difference.max() < max_tol and difference.mean() < mean_tol  # torchvision's vs PIL's antialiasing

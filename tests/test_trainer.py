@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as safetensors_load, load_file
 
 from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.run import parse_arguments, train
+from mislas_hf.run import evaluate, parse_arguments, train
 from mislas_hf.trainer import MislasTrainer, MislasTrainingArguments, multistep_schedule_with_warmup
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -554,3 +554,11 @@ def test_list_file_run_trains_both_stages_and_evaluates_every_test_image(tmp_pat
         assert processor["size"] == {"shortest_edge": 224} and processor["crop_pct"] == pytest.approx(224 / 256)
     state = json.loads((output_dir / "stage1/trainer_state.json").read_text())
     assert state["global_step"] == 2 and all(math.isfinite(entry["loss"]) for entry in state["log_history"] if "loss" in entry)
+    # recipes/evaluate.py's float32 Trainer normalises the uint8 evaluation batches as the training run's did: the
+    # same predictions (its loss is the model's cross-entropy, the run's the stage-2 criterion)
+    training_args.output_dir = str(tmp_path / "evaluated")
+    evaluated = evaluate(str(output_dir / "stage2"), data_args, training_args)
+    quality = [name for name in results["stage2"] if name != "eval_loss" and "runtime" not in name
+               and "per_second" not in name]
+    assert "eval_accuracy" in quality and "eval_nll" in quality
+    assert {name: evaluated[name] for name in quality} == pytest.approx({name: results["stage2"][name] for name in quality})

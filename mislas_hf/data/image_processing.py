@@ -48,7 +48,8 @@ def make_image_processor(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> ConvNextImageProcessorPil:
-    """The transformers image processor that reproduces `make_transform(family, train=False, ...)` for inference.
+    """The transformers image processor that reproduces `make_transform(family, train=False, ...)` for inference
+    (for the imagenet family followed by `augment_imagenet_batch(batch, train=False)`, which normalises).
 
     imagenet: `ConvNextImageProcessor` with `shortest_edge=image_size, crop_pct=1 / RESIZE_RATIO`, i.e. resize the
     shorter side to 256 (bilinear) and centre crop 224 for the default size, ImageNet mean/std unless `mean`/`std`

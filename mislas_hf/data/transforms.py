@@ -3,8 +3,8 @@
 * imagenet family (ImageNet-LT, Places-LT, iNaturalist 2018, own images): `ImageNetTransform` decodes each image
   (torchvision `decode_jpeg` for JPEG, PIL otherwise) and, in training, crops and flips it on uint8 in the loader
   workers; `augment_imagenet_batch` then jitters colours per image and normalises the whole batch on the training
-  device (`MislasTrainer(batch_augmentation=...)`). Evaluation images leave the workers resized, centre-cropped and
-  normalised, so any `Trainer` or model consumes them.
+  device (`MislasTrainer(batch_augmentation=...)`). Evaluation images leave the workers resized and centre-cropped,
+  as uint8 as well; the same function normalises them on the device (`augment_imagenet_batch(batch, train=False)`).
 * cifar family: kornia per-sample transforms (`BatchImageTransform`), and a faster path with images decoded once
   into memory (`decode_cifar_images`) and whole batches cropped, flipped and normalised on their device
   (`augment_cifar_batch`), with the same augmentation distribution.
@@ -184,10 +184,11 @@ class ImageNetTransform:
 
     train: decode (`decode_rgb`), torchvision's `RandomResizedCrop(size, scale=IMAGENET_CROP_SCALE,
     ratio=IMAGENET_CROP_RATIO)` (the box from `random_resized_crop_box`) with antialiased bilinear resizing (as PIL
-    resizes), horizontal flip with p = 0.5, all on uint8; the pixel values stay uint8 and `augment_imagenet_batch` finishes them on the training device (colour
-    jitter, normalisation). eval: decode, resize the shorter side to `round(size * RESIZE_RATIO)` (antialiased
-    bilinear), centre crop `size`, scale to [0, 1] and normalise with `mean`/`std`: float32, as
-    `make_image_processor("imagenet")` does. Images are resized in channels-last memory (torch's fast uint8 path).
+    resizes), horizontal flip with p = 0.5. eval: decode, resize the shorter side to `round(size * RESIZE_RATIO)`
+    (antialiased bilinear), centre crop `size`, as `make_image_processor("imagenet")` does. The pixel values stay
+    uint8 (a quarter of float32's bytes between the workers and the main process); `augment_imagenet_batch(batch,
+    train)` finishes each collated batch on the device (training: colour jitter; both: normalisation with the
+    benchmark's mean/std). Images are resized in channels-last memory (torch's fast uint8 path).
     Randomness comes from torch's global RNG (DataLoader workers seed it per worker). Build it with `make_transform`.
     """
 
@@ -195,8 +196,6 @@ class ImageNetTransform:
         self,
         train: bool,
         image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         image_column: str = "image",
         label_column: str = "label",
     ):
@@ -205,7 +204,6 @@ class ImageNetTransform:
         self.resize_size = round(image_size * RESIZE_RATIO)
         self.image_column = image_column
         self.label_column = label_column
-        self.scale, self.shift = _normalization_affine(mean, std)
 
     def _train_geometry(self, image: torch.Tensor) -> torch.Tensor:
         top, left, height, width = random_resized_crop_box(*image.shape[-2:])
@@ -215,8 +213,7 @@ class ImageNetTransform:
 
     def _eval_geometry(self, image: torch.Tensor) -> torch.Tensor:
         image = image[None].contiguous(memory_format=torch.channels_last)
-        image = TF.center_crop(TF.resize(image, self.resize_size, antialias=True), self.image_size)[0]
-        return image.contiguous().float().mul_(self.scale).add_(self.shift)
+        return TF.center_crop(TF.resize(image, self.resize_size, antialias=True), self.image_size)[0]
 
     def __call__(self, batch: dict) -> dict:
         """Transform one batch (columns as lists) of a `datasets.Dataset`."""
@@ -251,17 +248,23 @@ def make_transform(
     horizontal flip (p=0.5), normalise with `CIFAR_MEAN`/`CIFAR_STD`; eval = normalise only. Images of another size
     are first brought to `image_size` (`FitToSquare`: shorter side resized, centre crop), as the image processor does.
     Float32 output.
-    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): `ImageNetTransform`.
-    train = RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, as uint8:
-    pass `augment_imagenet_batch` (ColorJitter(0.4, 0.4, 0.4, hue 0) per image, normalisation) as the trainer's
-    `batch_augmentation`; eval = resize the shorter side to `image_size * RESIZE_RATIO` (256; antialiased bilinear,
-    as PIL does), centre crop `image_size`, normalise: float32.
-    `mean`/`std` default to the family's (`DEFAULT_NORMALIZATION`); iNaturalist 2018 passes its own
-    (`INATURALIST_MEAN`/`INATURALIST_STD`, as the reference). Images of any PIL mode are converted to RGB.
+    imagenet (reference `datasets/imagenet.py`; also used for Places-LT and iNaturalist 2018): `ImageNetTransform`,
+    uint8 output. train = RandomResizedCrop `image_size` (224; scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip;
+    eval = resize the shorter side to `image_size * RESIZE_RATIO` (256; antialiased bilinear, as PIL does), centre
+    crop `image_size`. Pass `augment_imagenet_batch` with the mean/std (ColorJitter(0.4, 0.4, 0.4, hue 0) per image
+    in training, normalisation) as the trainer's `batch_augmentation`: `mean`/`std` are its arguments, not this
+    function's (`ValueError`).
+    cifar: `mean`/`std` default to the family's (`DEFAULT_NORMALIZATION`). (iNaturalist 2018 has its own,
+    `INATURALIST_MEAN`/`INATURALIST_STD`, as the reference.) Images of any PIL mode are converted to RGB.
     """
+    if family == "imagenet" and (mean is not None or std is not None):
+        raise ValueError(
+            "make_transform('imagenet') yields uint8 images and does not normalise: pass mean/std to "
+            "augment_imagenet_batch (the trainer's batch_augmentation), which normalises each batch on its device"
+        )
     size, mean, std = preprocessing_of(family, image_size, mean, std)
     if family == "imagenet":
-        return ImageNetTransform(train, size, mean, std, image_column, label_column)
+        return ImageNetTransform(train, size, image_column, label_column)
     normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
     if train:
         batch_ops = torch.nn.Sequential(
