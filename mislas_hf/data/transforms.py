@@ -301,7 +301,9 @@ def _grey(images: torch.Tensor) -> torch.Tensor:
 
 def _adjust_brightness_(images: torch.Tensor, factor) -> None:
     """torchvision's `adjust_brightness` per image, in place on float images in [0, 255]: `b * x`, clamped."""
-    _blend_(images, factor, torch.zeros((), dtype=images.dtype, device=images.device))
+    images.mul_(factor)
+    if not isinstance(factor, float) or factor > 1:  # b <= 1 keeps [0, 255]
+        images.clamp_(max=255.0)
 
 
 def _adjust_contrast_(images: torch.Tensor, factor) -> None:
@@ -377,12 +379,18 @@ def augment_imagenet_batch(
     _, mean, std = preprocessing_of("imagenet", None, mean, std)
     device = images.device
     scale, shift = _normalization_affine(mean, std, device)
-    if not train:
+    per_image = device.type == "cpu"  # on a CPU, finish each image while it is in the cache
+    if not train and not per_image:
         return images.float().mul_(scale).add_(shift)
+    if not train:
+        output = torch.empty(images.shape, dtype=torch.float32)
+        for image, pixels in zip(images, output):
+            pixels.copy_(image).mul_(scale).add_(shift)
+        return output
     batch = images.shape[0]
     factors = torch.empty(batch, 3, device=device).uniform_(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)
     orders = torch.rand(batch, 3, device=device).argsort(dim=1)  # a uniform random permutation per image
-    return jitter_and_normalize(images, factors, orders, scale, shift, per_image=device.type == "cpu")
+    return jitter_and_normalize(images, factors, orders, scale, shift, per_image)
 
 
 # --------------------------------------------------------------------------------------------------------------------
