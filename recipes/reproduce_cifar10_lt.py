@@ -152,9 +152,9 @@ def main():
     )
     write_table(rows, args.scale, args.imbalance_factor, output_dir / "results.md")
     panels = [(LABELS[row], output_dir / row / stage / DIAGRAM_FILENAME) for row, stage in DIAGRAM_PANELS]
-    combine_reliability_diagrams(
-        [(title, png) for title, png in panels if png.is_file()], output_dir / "reliability_diagrams.png"
-    )
+    panels = [(title, png) for title, png in panels if png.is_file()]
+    if panels:  # e.g. --rows crt_mixup alone has none of the CE / LWS / MiSLAS panels
+        combine_reliability_diagrams(panels, output_dir / "reliability_diagrams.png")
 
 
 if __name__ == "__main__":

@@ -269,3 +269,21 @@ def test_reproduce_reads_a_finished_stage_instead_of_training_it(tmp_path):
     metrics = {"eval_accuracy": 0.8227, "eval_ece": 0.0317, "eval_nll": 0.608}
     (stage_dir / "eval_results.json").write_text(json.dumps(metrics))
     assert reproduce.run(["--no_such_flag"], stage_dir) == metrics
+
+
+def test_reproduce_tabulates_finished_rows_without_a_diagram_panel(tmp_path, monkeypatch):
+    """`--rows crt_mixup` on finished folders: the table holds the row's numbers and no diagram is drawn (cRT is none
+    of the CE / LWS / MiSLAS panels), instead of failing after the training."""
+    reproduce = load_recipe("reproduce_cifar10_lt")
+    metrics = {"eval_accuracy": 0.843, "eval_many_accuracy": 0.9363, "eval_medium_accuracy": 0.8308,
+               "eval_few_accuracy": 0.766, "eval_ece": 0.0377, "eval_nll": 0.523}
+    for stage_dir in (tmp_path / "stage1_mixup" / "stage1", tmp_path / "crt_mixup" / "stage2"):
+        stage_dir.mkdir(parents=True)
+        (stage_dir / "eval_results.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr(sys, "argv", ["reproduce", "--scale", "paper", "--imbalance_factor", "50", "--rows",
+                                      "crt_mixup", "--output_dir", str(tmp_path)])
+    reproduce.main()
+    assert "| cRT + mixup | 84.30 | 93.63 | 83.08 | 76.60 | 3.77 | 0.523 | 84.2 / 6.89 |" in (
+        tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text()) == {"crt_mixup": {"metrics": metrics}}
+    assert not (tmp_path / "reliability_diagrams.png").exists()
