@@ -26,4 +26,12 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={"dev": ["pytest>=8", "torchmetrics>=1.3"]},
+    entry_points={
+        "console_scripts": [
+            "mislas-train = mislas_hf.scripts.train:main",
+            "mislas-evaluate = mislas_hf.scripts.evaluate:main",
+            "mislas-calibrate = mislas_hf.scripts.calibrate:main",
+            "mislas-convert = mislas_hf.convert:main",
+        ]
+    },
 )

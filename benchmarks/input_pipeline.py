@@ -1,9 +1,10 @@
 """Throughput of the ImageNet-family input pipeline: ours against the reference's kind, side by side, same files.
 
-* ours: `load_list_file_dataset` -> `with_encoded_images` -> `set_transform(make_transform("imagenet", train))`
-  (uint8 images), the Trainer's collator (`transformers.default_data_collator`), and `augment_imagenet_batch(batch,
-  train)` on each collated batch (training: colour jitter and normalisation; evaluation: normalisation), which the
-  trainer runs on the training device: here on the CPU, in the main process, as it would without a GPU.
+* ours: `load_list_file_dataset` -> `with_encoded_images` -> `set_transform(make_transform(preprocessing, train))`
+  with `preprocessing = Preprocessing.reference("imagenet", image_size)` (uint8 images), the Trainer's collator
+  (`transformers.default_data_collator`), and `augment_imagenet_batch(batch, train)` on each collated batch
+  (training: colour jitter and normalisation; evaluation: normalisation), which the trainer runs on the training
+  device: here on the CPU, in the main process, as it would without a GPU.
 * reference: the reference's `LT_Dataset` (dvlab-research/MiSLAS `datasets/imagenet.py`: list file, PIL
   `Image.open(f).convert("RGB")`), re-implemented here, with its torchvision PIL transforms: train =
   `RandomResizedCrop(224)`, `RandomHorizontalFlip()`, `ColorJitter(0.4, 0.4, 0.4, 0)`, `ToTensor()`, `Normalize`;
@@ -129,15 +130,21 @@ def reference_loader(data_dir: str, list_file: str, train: bool, workers: int, b
 
 def our_loader(data_dir: str, train_list: str, test_list: str, train: bool, workers: int, batch_size: int,
                image_size: int):
-    """Our pipeline as `mislas_hf.run.load_splits` builds it, and the batch part the trainer runs on its device."""
+    """Our pipeline as `mislas_hf.scripts.data_setup.load_splits` builds it, and the batch part the trainer runs on its device."""
     import torch
     from transformers import default_data_collator
 
-    from mislas_hf.data import augment_imagenet_batch, load_list_file_dataset, make_transform, with_encoded_images
+    from mislas_hf.data import (
+        Preprocessing,
+        augment_imagenet_batch,
+        load_list_file_dataset,
+        make_transform,
+        with_encoded_images,
+    )
 
     splits = load_list_file_dataset(train_list, test_list, data_dir)
     dataset = with_encoded_images(splits["train" if train else "test"])
-    dataset.set_transform(make_transform("imagenet", train=train, image_size=image_size))
+    dataset.set_transform(make_transform(Preprocessing.reference("imagenet", image_size=image_size), train=train))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=train, num_workers=workers, collate_fn=default_data_collator
     )

@@ -1,6 +1,6 @@
 """Throughput of the real MiSLAS training and evaluation pipeline, several configurations side by side.
 
-Each measurement runs the recipe's own pipeline (`mislas_hf.run`): `parse_arguments` on the recipe config plus the
+Each measurement runs the recipe's own pipeline (`mislas_hf.scripts`): `parse_arguments` on the recipe config plus the
 variant's flags, `load_splits` (real CIFAR-10-LT, real transforms), `build_model`, and `MislasTrainer` with
 `stage_arguments` (stage 1: random sampler and mixup; stage 2: class-aware sampler, label-aware smoothing, frozen
 backbone with shifted BN; evaluation: the test split at the evaluation batch size). It runs `--warmup` steps, then
@@ -95,9 +95,10 @@ def measure(spec: dict) -> dict:
     from transformers import TrainerCallback
     from transformers.utils import logging as transformers_logging
 
-    from mislas_hf.run import (
-        build_model, load_splits, parse_arguments, plan_model, stage_arguments, train_batch_augmentation,
-    )
+    from mislas_hf.scripts.arguments import parse_arguments
+    from mislas_hf.scripts.data_setup import load_splits, train_batch_augmentation
+    from mislas_hf.scripts.model_setup import build_model, plan_model
+    from mislas_hf.scripts.train import stage_arguments
     from mislas_hf.trainer import MislasTrainer
 
     datasets.disable_progress_bars()
@@ -178,7 +179,7 @@ def measure(spec: dict) -> dict:
             args=stage_args,
             train_dataset=train_set,
             callbacks=[timer],
-            batch_augmentation=train_batch_augmentation(data_args, benchmark, plan),
+            batch_augmentation=train_batch_augmentation(data_args, benchmark),
         )
         if phase == "eval":
             batch_size = args.per_device_eval_batch_size

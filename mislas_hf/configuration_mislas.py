@@ -1,28 +1,44 @@
 """MiSLAS model configuration."""
 
 import math
+from dataclasses import dataclass
 
 from transformers import PreTrainedConfig
 
-# name -> (family, layer_type, depths, hidden_sizes). "cifar" is the CIFAR ResNet of He et al. (option-A
-# shortcuts) used by LDAM-DRW and MiSLAS; "imagenet" are torchvision-layout ResNets (v1.5 bottleneck).
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The architecture of a backbone of `BACKBONES`, apart from how its images are preprocessed.
+
+    `stem`: `"cifar"`, the CIFAR ResNet of He et al. (2016, Sec. 4.2) used by LDAM-DRW and MiSLAS (3x3 stem, option-A
+    shortcuts, kaiming fan-in initialisation, the reference's checkpoint layout), or `"imagenet"`, a torchvision-layout
+    ResNet (7x7 stem and max-pool, v1.5 bottleneck, fan-out initialisation, transformers' ResNet layers).
+    `layer_type`, `depths`, `hidden_sizes`: as transformers' `ResNetConfig`. `pretrained_source`: the deeper network
+    whose ImageNet weights it starts from (its blocks beyond `depths` are dropped, as the reference drops `layer4.2`
+    of torchvision's ResNet-152 for Places-LT), None when it is its own source.
+    """
+
+    stem: str
+    layer_type: str
+    depths: tuple[int, ...]
+    hidden_sizes: tuple[int, ...]
+    pretrained_source: str | None = None
+
+
 BACKBONES = {
-    "resnet32": ("cifar", "basic", (5, 5, 5), (16, 32, 64)),
-    "resnet10": ("imagenet", "basic", (1, 1, 1, 1), (64, 128, 256, 512)),
-    "resnet18": ("imagenet", "basic", (2, 2, 2, 2), (64, 128, 256, 512)),
-    "resnet34": ("imagenet", "basic", (3, 4, 6, 3), (64, 128, 256, 512)),
-    "resnet50": ("imagenet", "bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048)),
-    "resnet101": ("imagenet", "bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048)),
-    "resnet152": ("imagenet", "bottleneck", (3, 8, 36, 3), (256, 512, 1024, 2048)),
+    "resnet32": BackboneSpec("cifar", "basic", (5, 5, 5), (16, 32, 64)),
+    "resnet10": BackboneSpec("imagenet", "basic", (1, 1, 1, 1), (64, 128, 256, 512)),
+    "resnet18": BackboneSpec("imagenet", "basic", (2, 2, 2, 2), (64, 128, 256, 512)),
+    "resnet34": BackboneSpec("imagenet", "basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+    "resnet50": BackboneSpec("imagenet", "bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048)),
+    "resnet101": BackboneSpec("imagenet", "bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048)),
+    "resnet152": BackboneSpec("imagenet", "bottleneck", (3, 8, 36, 3), (256, 512, 1024, 2048)),
     # Places-LT: the reference's `resnet152_fe` (after OLTR, Liu et al. 2019), ResNet-152 without its last block
     # layer4.2, in whose place the reference trains a new bottleneck (`MislasConfig.extra_block`).
-    "resnet152_places": ("imagenet", "bottleneck", (3, 8, 36, 2), (256, 512, 1024, 2048)),
+    "resnet152_places": BackboneSpec(
+        "imagenet", "bottleneck", (3, 8, 36, 2), (256, 512, 1024, 2048), pretrained_source="resnet152"
+    ),
 }
-
-# Backbones that start from the ImageNet weights of a deeper network: name -> that network. Its blocks beyond this
-# backbone's depths (for `resnet152_places`: layer4.2) are dropped, as the reference drops them from torchvision's
-# ResNet-152 weights.
-PRETRAINED_SOURCE = {"resnet152_places": "resnet152"}
+"""The backbones a `MislasConfig` names, by name."""
 
 IMAGENET_STEM_CHANNELS = 64
 """Output channels of the 7x7 stem convolution of every ImageNet-family backbone (`ResNetConfig.embedding_size`)."""
@@ -45,21 +61,28 @@ def backbone_of_resnet_config(resnet_config: dict) -> str:
         "num_channels": 3,
     }
     differences = {key: resnet_config[key] for key, value in variant.items() if resnet_config.get(key, value) != value}
-    for name, (family, layer_type, depths, hidden_sizes) in BACKBONES.items():
-        if family == "imagenet" and (layer_type, depths, hidden_sizes) == architecture and not differences:
+    for name, spec in BACKBONES.items():
+        if spec.stem == "imagenet" and (spec.layer_type, spec.depths, spec.hidden_sizes) == architecture and not differences:
             return name
     raise ValueError(
         f"the ResNet checkpoint's architecture (layer_type={architecture[0]!r}, depths={list(architecture[1])}, "
         f"hidden_sizes={list(architecture[2])}"
         + "".join(f", {key}={value!r}" for key, value in differences.items())
         + ") matches none of the backbones here: use a checkpoint of one of "
-        + ", ".join(name for name, spec in BACKBONES.items() if spec[0] == "imagenet")
+        + ", ".join(name for name, spec in BACKBONES.items() if spec.stem == "imagenet")
         + " (e.g. microsoft/resnet-50), with a 64-channel stem and stride on the 3x3 convolution (v1.5)."
     )
 
 
-# Stage-2 classifier modes expressible by the scaled-shift head of Eq. (4).
-HEAD_MODES = ("linear", "crt", "lws", "mislas")
+TRAINABLE_HEAD_PARAMETERS = {
+    "linear": ("weight", "bias"),
+    "crt": ("delta_weight", "bias"),
+    "lws": ("scale",),
+    "mislas": ("scale", "delta_weight", "bias"),
+}
+"""The head modes of Eq. (4) and the classifier parameters each trains: `linear` (stage 1: W and b), `crt` (ΔW and
+b, r = 0), `lws` (s), `mislas` (s, ΔW and b)."""
+HEAD_MODES = tuple(TRAINABLE_HEAD_PARAMETERS)
 
 
 class MislasConfig(PreTrainedConfig):
@@ -148,7 +171,7 @@ class MislasConfig(PreTrainedConfig):
             )
         if self.head_mode not in HEAD_MODES:
             raise ValueError(f"MislasConfig.head_mode={self.head_mode!r} is not one of {', '.join(HEAD_MODES)}.")
-        if self.extra_block and self.family != "imagenet":
+        if self.extra_block and self.backbone_spec.stem != "imagenet":
             raise ValueError("MislasConfig.extra_block is only defined for the ImageNet-family backbones.")
         if self.class_counts is not None:
             self.class_counts = [int(count) for count in self.class_counts]
@@ -186,14 +209,14 @@ class MislasConfig(PreTrainedConfig):
         return values if isinstance(temperature, (list, tuple)) else values[0]
 
     @property
-    def family(self) -> str:
-        """`"cifar"` or `"imagenet"`: decides the stem, the pre-processing and the conversion layout."""
-        return BACKBONES[self.backbone][0]
+    def backbone_spec(self) -> BackboneSpec:
+        """The architecture of `backbone` (stem, layers); the preprocessing is the image processor's, not its."""
+        return BACKBONES[self.backbone]
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
         """Output channels of the backbone's stages; the last one is the feature size M of Eq. (4)."""
-        return BACKBONES[self.backbone][3]
+        return self.backbone_spec.hidden_sizes
 
 
-__all__ = ["MislasConfig", "BACKBONES", "HEAD_MODES", "PRETRAINED_SOURCE", "backbone_of_resnet_config"]
+__all__ = ["MislasConfig", "BACKBONES", "BackboneSpec", "HEAD_MODES", "TRAINABLE_HEAD_PARAMETERS", "backbone_of_resnet_config"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mislas_hf.calibration import check_class_counts
+from .class_counts import check_class_counts
 
 SMOOTHING_SHAPES = ("concave", "linear", "convex", "exp")
 

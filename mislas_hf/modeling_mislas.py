@@ -8,7 +8,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.models.resnet.modeling_resnet import ResNetBottleNeckLayer, ResNetEmbeddings, ResNetEncoder
 
-from .configuration_mislas import BACKBONES, MislasConfig
+from .configuration_mislas import TRAINABLE_HEAD_PARAMETERS, MislasConfig
 
 
 class MislasCifarBasicBlock(nn.Module):
@@ -54,7 +54,7 @@ class MislasCifarEncoder(nn.Module):
 
     def __init__(self, config: MislasConfig):
         super().__init__()
-        depths, hidden_sizes = BACKBONES[config.backbone][2:]
+        depths, hidden_sizes = config.backbone_spec.depths, config.hidden_sizes
         in_channels = hidden_sizes[0]
         for index, (depth, out_channels) in enumerate(zip(depths, hidden_sizes)):
             blocks = []
@@ -88,13 +88,13 @@ class MislasImageNetEncoder(nn.Module):
 
 def resnet_config_for(config: MislasConfig) -> ResNetConfig:
     """The transformers `ResNetConfig` of an ImageNet-family backbone (v1.5: stride on the 3x3 convolution)."""
-    _, layer_type, depths, hidden_sizes = BACKBONES[config.backbone]
+    spec = config.backbone_spec
     return ResNetConfig(
         num_channels=config.num_channels,
         embedding_size=64,
-        hidden_sizes=list(hidden_sizes),
-        depths=list(depths),
-        layer_type=layer_type,
+        hidden_sizes=list(spec.hidden_sizes),
+        depths=list(spec.depths),
+        layer_type=spec.layer_type,
         downsample_in_bottleneck=False,
         downsample_in_first_stage=False,
     )
@@ -108,7 +108,7 @@ def load_resnet_backbone(model: "MislasModel", resnet: ResNetModel) -> list[str]
     two of the last stage's three, the reference's `layer4` cut before its extra block): the first blocks load and
     the names of the checkpoint tensors left out are returned. Anything else that does not fit raises `ValueError`
     naming the tensor; no backbone tensor keeps its random initialisation."""
-    if model.config.family != "imagenet":
+    if model.config.backbone_spec.stem != "imagenet":
         raise ValueError(
             f"a transformers ResNet loads into an ImageNet-family backbone, not {model.config.backbone}: leave "
             "backbone unset to take the checkpoint's, or choose one of the ImageNet-family backbones"
@@ -183,14 +183,6 @@ class MislasScaledShiftClassifier(nn.Module):
 
 
 # Parameters of the head that train in each mode (Sec. 3.2, Eq. 4).
-TRAINABLE_HEAD_PARAMETERS = {
-    "linear": ("weight", "bias"),
-    "crt": ("delta_weight", "bias"),
-    "lws": ("scale",),
-    "mislas": ("scale", "delta_weight", "bias"),
-}
-
-
 class MislasPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading for MiSLAS models."""
 
@@ -205,7 +197,7 @@ class MislasPreTrainedModel(PreTrainedModel):
         in torchvision), BN at identity, and the scaled-shift head at s = 1, ΔW = 0. The Places-LT extra block's
         convolutions (`pytorch_default_init`) get PyTorch's default `Conv2d` initialisation, kaiming-uniform with
         a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the reference."""
-        cifar = self.config.family == "cifar"
+        cifar = self.config.backbone_spec.stem == "cifar"
         if isinstance(module, nn.Conv2d):
             if getattr(module, "pytorch_default_init", False):
                 init.kaiming_uniform_(module.weight, a=5**0.5)
@@ -243,7 +235,7 @@ class MislasModel(MislasPreTrainedModel):
 
     def __init__(self, config: MislasConfig):
         super().__init__(config)
-        if config.family == "cifar":
+        if config.backbone_spec.stem == "cifar":
             self.embedder = MislasCifarEmbeddings(config)
             self.encoder = MislasCifarEncoder(config)
         else:

@@ -32,16 +32,17 @@ def classifier_weight_norms(model: MislasForImageClassification) -> np.ndarray:
 
 
 def evaluation_transform(benchmark):
-    """The benchmark's evaluation transform with normalised float32 output: the imagenet family's uint8 images are
-    normalised per batch with the benchmark's mean/std, as the trainer does on its device."""
-    transform = make_transform(benchmark.family, train=False)
-    if benchmark.family != "imagenet":
+    """The benchmark's evaluation transform with normalised float32 output: the `imagenet` augmentation's uint8
+    images are normalised per batch with the benchmark's mean/std, as the trainer does on its device."""
+    preprocessing = benchmark.preprocessing
+    transform = make_transform(preprocessing, train=False)
+    if preprocessing.augmentation != "imagenet":
         return transform
 
     def normalised(batch: dict) -> dict:
         out = transform(batch)
         pixels = torch.stack(out["pixel_values"])
-        pixels = augment_imagenet_batch(pixels, train=False, mean=benchmark.mean, std=benchmark.std)
+        pixels = augment_imagenet_batch(pixels, train=False, mean=preprocessing.mean, std=preprocessing.std)
         return {**out, "pixel_values": list(pixels)}
 
     return normalised

@@ -8,20 +8,11 @@ when it was trained (the same images, rebuilt from the same data options; refuse
 `--validation_split_name NAME`, a separate validation split of the data. The calibrated model (weights, config
 with the temperature, image processor), its test-split `eval_results.json`, reliability diagram and card go to
 `--output_dir`.
+
+Installed, the same job is `mislas-calibrate`.
 """
 
-import sys
-
-from mislas_hf.run import CalibrationArguments, calibrate, parse_arguments
-
-
-def main(argv: list[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--model", *argv]
-    calibration_args, _, data_args, training_args, _ = parse_arguments(argv, extra_dataclasses=(CalibrationArguments,))
-    return calibrate(calibration_args, data_args, training_args)
-
+from mislas_hf.scripts.calibrate import main
 
 if __name__ == "__main__":
     main()

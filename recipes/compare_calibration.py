@@ -33,7 +33,10 @@ import os
 from pathlib import Path
 
 from mislas_hf.calibration import combine_reliability_diagrams
-from mislas_hf.run import CalibrationArguments, DIAGRAM_FILENAME, calibrate, parse_arguments, train
+from mislas_hf.scripts.arguments import CalibrationArguments, parse_arguments
+from mislas_hf.scripts.calibrate import calibrate
+from mislas_hf.scripts.report import DIAGRAM_FILENAME
+from mislas_hf.scripts.train import train
 
 CONFIG = Path(__file__).parent / "configs" / "cifar10_lt_if100.yaml"
 HELD_OUT_PERCENTAGE = "10"

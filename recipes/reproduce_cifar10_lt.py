@@ -35,7 +35,9 @@ import os
 from pathlib import Path
 
 from mislas_hf.calibration import combine_reliability_diagrams
-from mislas_hf.run import DIAGRAM_FILENAME, parse_arguments, train
+from mislas_hf.scripts.arguments import parse_arguments
+from mislas_hf.scripts.report import DIAGRAM_FILENAME
+from mislas_hf.scripts.train import train
 
 CONFIGS = {factor: Path(__file__).parent / "configs" / f"cifar10_lt_if{factor}.yaml" for factor in (100, 50, 10)}
 SCALES = {

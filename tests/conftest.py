@@ -1,9 +1,16 @@
-"""Shared test set-up: no network, real data located through MISLAS_CIFAR10_DIR."""
+"""Shared test set-up: no network, real data located through MISLAS_CIFAR10_DIR; a recorded stand-in for the Hub; a
+tiny CIFAR-10-LT model; re-implementations of the reference networks and checkpoints (for the conversion tests)."""
 
+import copy
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -36,8 +43,10 @@ def splits_dir() -> Path:
 
 
 class RecordingHfApi:
-    """Stand-in for `huggingface_hub.HfApi` inside `mislas_hf.hub` (the tests never reach the network): records each
-    call, and for a commit the repo id, message and the bytes of every file it adds, read when the commit is made."""
+    """Stand-in for `huggingface_hub.HfApi` inside `mislas_hf.modelcard` (the tests never reach the network): records
+    each call, and for `upload_folder` the repo id, message, revision and the bytes of every file it would upload
+    (the folder's files that `allow_patterns` / `ignore_patterns` and huggingface_hub's own ignore patterns keep, as
+    `HfApi.upload_folder` selects them), read when the upload is made."""
 
     def __init__(self, uploads: list):
         self.uploads = uploads
@@ -48,17 +57,333 @@ class RecordingHfApi:
     def create_branch(self, repo_id, branch, **kwargs):
         self.uploads.append({"call": "create_branch", "repo_id": repo_id, "branch": branch})
 
-    def create_commit(self, repo_id, operations, commit_message, **kwargs):
-        files = {operation.path_in_repo: Path(operation.path_or_fileobj).read_bytes() for operation in operations}
-        self.uploads.append({"call": "create_commit", "repo_id": repo_id, "message": commit_message, "files": files})
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, revision=None, allow_patterns=None,
+                      ignore_patterns=None, **kwargs):
+        from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+        folder = Path(folder_path)
+        names = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+        ignored = list(ignore_patterns or []) + DEFAULT_IGNORE_PATTERNS
+        kept = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignored)
+        self.uploads.append({
+            "call": "upload_folder", "repo_id": repo_id, "message": commit_message, "revision": revision,
+            "files": {name: (folder / name).read_bytes() for name in kept},
+        })
 
 
 @pytest.fixture(scope="module")
 def hub_uploads():
-    """The Hub calls of `mislas_hf.hub.push_model_folder` made by this module's tests, in order (no network)."""
-    import mislas_hf.hub
+    """The Hub calls of `mislas_hf.modelcard.push_model_folder` made by this module's tests, in order (no
+    network)."""
+    import mislas_hf.modelcard
 
     uploads = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mislas_hf.hub, "HfApi", lambda: RecordingHfApi(uploads))
+        patch.setattr(mislas_hf.modelcard, "HfApi", lambda: RecordingHfApi(uploads))
         yield uploads
+
+
+def tiny_cifar10_model():
+    """A fresh ResNet-32 for CIFAR-10-LT (IF 100), built with seed 0: 10 labels with CIFAR-10's class names, the
+    training counts of CIFAR-10-LT and the reference's Many / Medium / Few split; stage 1, linear head."""
+    import torch
+
+    from mislas_hf import MislasConfig, MislasForImageClassification
+    from mislas_hf.data import BENCHMARKS, long_tailed_class_counts
+
+    spec = BENCHMARKS["cifar10-lt"]
+    torch.manual_seed(0)
+    config = MislasConfig(
+        backbone="resnet32",
+        num_labels=spec.num_classes,
+        id2label=dict(enumerate(spec.class_names)),
+        label2id={name: k for k, name in enumerate(spec.class_names)},
+        class_counts=long_tailed_class_counts(spec.cifar_images_per_class, spec.num_classes, 100),
+        class_group_boundaries=list(spec.class_group_boundaries),
+    )
+    return MislasForImageClassification(config)
+
+
+@pytest.fixture(name="tiny_cifar10_model", scope="session")
+def tiny_cifar10_model_fixture():
+    """``tiny_cifar10_model()``: a fresh seeded ResNet-32 with CIFAR-10-LT's labels, counts and groups (each call
+    builds a new one, so a test may change or train it)."""
+    return tiny_cifar10_model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference networks and checkpoints (tests/test_convert.py, tests/test_reference_checkpoints.py)
+#
+# The checkpoints are synthetic but laid out exactly as the reference's train_stage1/2.py save them: backbones built
+# here as small re-implementations of the reference forward (CIFAR ResNet-32 with option-A shortcuts;
+# torchvision-layout bottleneck ResNets), wrapped in DataParallel (keys `module.`), random weights and BN statistics,
+# `its_ece` a numpy float pickled as numpy 1.x does, legacy (torch 1.2) file format.
+# ----------------------------------------------------------------------------------------------------------------
+
+class RefCifarBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.option_a = stride != 1 or in_planes != planes
+        self.planes = planes
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.planes // 4, self.planes // 4)) if self.option_a else x
+        return F.relu(out + shortcut)
+
+
+class RefCifarResNet32(nn.Module):
+    """resnet_cifar.ResNet_fe(BasicBlock, [5, 5, 5]): pooled 64-d features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        for index, planes in enumerate((16, 32, 64)):
+            blocks = []
+            for block in range(5):
+                blocks.append(RefCifarBlock(in_planes, planes, 2 if index > 0 and block == 0 else 1))
+                in_planes = planes
+            setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
+
+    def forward(self, x):
+        out = self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x))))))
+        return F.avg_pool2d(out, out.size()[3]).flatten(1)
+
+
+class RefBottleneck(nn.Module):
+    """torchvision Bottleneck (v1.5: stride on the 3x3 convolution)."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class RefResNet(nn.Module):
+    """resnet.ResNet_FE (pooled features) or resnet_places.ResNet_FE (feature map, `pool=False`); `resnet152_fe` of
+    resnet_places is `RefResNet((3, 8, 36, 2), pool=False)`: ResNet-152 without layer4.2."""
+
+    def __init__(self, layers, pool=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+            stride = 1 if index == 0 else 2
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+            stage = [RefBottleneck(inplanes, planes, stride, downsample)]
+            inplanes = planes * 4
+            stage += [RefBottleneck(inplanes, planes) for _ in range(1, blocks)]
+            setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+        self.pool = pool
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1) if self.pool else x
+
+
+class RefClassifier(nn.Module):
+    """`Classifier` of the reference (resnet_places' also average-pools the feature map first)."""
+
+    def __init__(self, features, classes, pool=False):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+        self.pool = pool
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1) if self.pool else x)
+
+
+class RefLearnableWeightScaling(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.learned_norm = nn.Parameter(torch.ones(1, classes))
+
+    def forward(self, x):
+        return self.learned_norm * x
+
+
+def randomize(module, seed):
+    """Random weights and BN affine parameters (BN statistics come from `calibrate_batch_norm`)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for child in module.modules():
+            if isinstance(child, nn.Conv2d):
+                fan_in = child.weight[0].numel()
+                child.weight.copy_(torch.randn(child.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
+            elif isinstance(child, nn.BatchNorm2d):
+                child.weight.copy_(0.3 + 0.5 * torch.rand(child.num_features, generator=generator))
+                child.bias.copy_(0.1 * torch.randn(child.num_features, generator=generator))
+            elif isinstance(child, nn.Linear):
+                child.weight.copy_(torch.randn(child.weight.shape, generator=generator) / math.sqrt(child.in_features))
+                child.bias.copy_(0.1 * torch.randn(child.bias.shape, generator=generator))
+            elif isinstance(child, RefLearnableWeightScaling):
+                child.learned_norm.copy_(0.5 + torch.rand(child.learned_norm.shape, generator=generator))
+    return module.eval()
+
+
+def calibrate_batch_norm(modules, size, seed):
+    """Random BN running statistics of the right scale: the statistics of random images passed through `modules`
+    in sequence, then perturbed per channel (so eval-mode BN does not normalise exactly), plus random counters."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = [child for module in modules for child in module.modules() if isinstance(child, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    x = torch.randn(4, 3, size, size, generator=generator)
+    with torch.no_grad():
+        for module in modules:
+            x = module.train()(x)
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.add_(0.1 * torch.randn(norm.num_features, generator=generator))
+            norm.running_var.mul_(0.8 + 0.4 * torch.rand(norm.num_features, generator=generator))
+            norm.num_batches_tracked.fill_(int(torch.randint(1, 10_000, (1,), generator=generator)))
+            norm.momentum = 0.1
+    for module in modules:
+        module.eval()
+
+
+def reference_checkpoint(backbone, classifier, lws=None, block=None):
+    """The dict train_stage1/2.py save (DataParallel-wrapped state dicts; `best_acc1` a tensor, `its_ece` numpy)."""
+    checkpoint = {
+        "epoch": 200,
+        "state_dict_model": nn.DataParallel(backbone).state_dict(),
+        "state_dict_classifier": nn.DataParallel(classifier).state_dict(),
+        "best_acc1": torch.tensor(82.125),
+        "its_ece": np.float64(3.6875),
+    }
+    if block is not None:
+        checkpoint["state_dict_block"] = nn.DataParallel(block).state_dict()
+    if lws is not None:
+        checkpoint["state_dict_lws_model"] = nn.DataParallel(lws).state_dict()
+    return checkpoint
+
+
+def save_like_reference(checkpoint, path):
+    """torch 1.2's (non-zip) format, with numpy scalars pickled under numpy 1.x's module name."""
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+    return path
+
+
+ARCHS = {
+    # dataset, classes, input size, backbone factory, places layout. Full-size layouts; 64x64 inputs keep it fast.
+    "resnet32": ("cifar10-lt", 10, 32, RefCifarResNet32, False),
+    "resnet50": ("imagenet-lt", 1000, 64, lambda: RefResNet((3, 4, 6, 3)), False),
+    "resnet101": ("imagenet-lt", 1000, 64, lambda: RefResNet((3, 4, 23, 3)), False),  # paper Table 7, detected
+    "inat-resnet50": ("inat2018", 8142, 64, lambda: RefResNet((3, 4, 6, 3)), False),
+    # resnet_places.resnet152_fe ([3, 8, 36, 2]) + Bottleneck(2048, 512) + Classifier (pools the feature map)
+    "resnet152_places+block": ("places-lt", 365, 64, lambda: RefResNet((3, 8, 36, 2), pool=False), True),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_nets():
+    """``reference_nets(arch)``: the reference modules of one of `ARCHS` (random weights, calibrated BN statistics),
+    built once per test module: dataset, input size, backbone, Places-LT block, classifier and LWS scale."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            dataset, classes, size, factory, places = ARCHS[arch]
+            features = 64 if arch == "resnet32" else 2048
+            nets = {
+                "dataset": dataset,
+                "size": size,
+                "backbone": randomize(factory(), 1),
+                "block": randomize(RefBottleneck(2048, 512), 2) if places else None,
+                "classifier": randomize(RefClassifier(features, classes, pool=places), 3),
+                "lws": randomize(RefLearnableWeightScaling(classes), 4),
+            }
+            calibrate_batch_norm([nets["backbone"]] + ([nets["block"]] if places else []), size, 5)
+            cache[arch] = nets
+        return cache[arch]
+
+    return get
+
+
+def reference_logits(nets, x, stage):
+    with torch.no_grad():
+        features = nets["backbone"](x)
+        if nets["block"] is not None:
+            features = nets["block"](features)
+        logits = nets["classifier"](features)
+        return nets["lws"](logits) if stage == 2 else logits
+
+
+
+def torchvision_resnet152_state_dict(seed):
+    """What `torch.save(torchvision.models.resnet152(weights=...).state_dict(), FILE)` holds: the full [3, 8, 36, 3]
+    network with `fc` (1000 classes) and no `num_batches_tracked` (torchvision's published files have none)."""
+    network = randomize(RefResNet((3, 8, 36, 3), pool=False), seed)
+    calibrate_batch_norm([network], 64, seed)
+    state = dict(network.state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
+    return network, {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+
+
+
+@pytest.fixture
+def cifar_checkpoint(reference_nets):
+    """A stage-2 CIFAR-10-LT checkpoint whose tensors the test may change (copies, not the shared nets')."""
+    nets = reference_nets("resnet32")
+    return copy.deepcopy(reference_checkpoint(nets["backbone"], nets["classifier"], lws=nets["lws"]))
+
+
+@pytest.fixture(name="reference_checkpoint", scope="session")
+def reference_checkpoint_fixture():
+    """``reference_checkpoint(backbone, classifier, lws=None, block=None)``: the dict train_stage1/2.py save."""
+    return reference_checkpoint
+
+
+@pytest.fixture(name="save_like_reference", scope="session")
+def save_like_reference_fixture():
+    """``save_like_reference(checkpoint, path)``: `torch.save` as torch 1.2 with numpy 1.x did; returns `path`."""
+    return save_like_reference
+
+
+@pytest.fixture(name="reference_logits", scope="session")
+def reference_logits_fixture():
+    """``reference_logits(nets, x, stage)``: the reference forward of `reference_nets(arch)`."""
+    return reference_logits
+
+
+@pytest.fixture(name="torchvision_resnet152_state_dict", scope="session")
+def torchvision_resnet152_state_dict_fixture():
+    """``torchvision_resnet152_state_dict(seed)``: a random full ResNet-152 and its torchvision state dict."""
+    return torchvision_resnet152_state_dict
+
+
+@pytest.fixture(scope="session")
+def ref_resnet():
+    """The class `RefResNet(layers, pool=True)`: torchvision-layout bottleneck ResNet (reference `ResNet_FE`)."""
+    return RefResNet
+
+
+@pytest.fixture(scope="session")
+def ref_bottleneck():
+    """The class `RefBottleneck(inplanes, planes, stride=1, downsample=None)`: torchvision's Bottleneck (v1.5)."""
+    return RefBottleneck

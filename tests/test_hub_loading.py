@@ -20,30 +20,23 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.data import make_image_processor
+from mislas_hf import MislasForImageClassification
+from mislas_hf.data import BENCHMARKS
 
 REPO_ID = "mislas-org/mislas-resnet32-tiny"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_PREPROCESSING = BENCHMARKS["cifar10-lt"].preprocessing
 
 
 @pytest.fixture(scope="module")
-def hub_repo(tmp_path_factory):
+def hub_repo(tmp_path_factory, tiny_cifar10_model):
     """A ResNet-32 (10 labels, class counts, CIFAR image processor) in a Hub-layout cache, and its reference outputs
     on one image."""
     root = tmp_path_factory.mktemp("hub_loading")
-    torch.manual_seed(0)
-    config = MislasConfig(
-        backbone="resnet32",
-        num_labels=10,
-        id2label=dict(enumerate(CLASS_NAMES)),
-        label2id={name: k for k, name in enumerate(CLASS_NAMES)},
-        class_counts=[5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],
-        class_group_boundaries=[3, 7],
-    )
-    model = MislasForImageClassification(config).eval()
-    processor = make_image_processor("cifar")
+    model = tiny_cifar10_model().eval()
+    assert [model.config.id2label[k] for k in range(10)] == CLASS_NAMES
+    processor = CIFAR_PREPROCESSING.image_processor()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     pixel_values = processor(image, return_tensors="pt").pixel_values
     with torch.no_grad():
@@ -171,7 +164,7 @@ def add_calibrated_copy(hub_repo, repo_id, temperature):
     model.config.calibration = {"method": "classwise_temperature", "fit_on": "a test fixture"}
     snapshot = hub_repo.cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / REVISION
     model.save_pretrained(snapshot)
-    make_image_processor("cifar").save_pretrained(snapshot)
+    CIFAR_PREPROCESSING.image_processor().save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
     (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
 

@@ -8,13 +8,13 @@ import math
 import datasets
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from mislas_hf import MislasConfig, MislasForImageClassification
 from mislas_hf.sampling import ClassAwareSampler
-from mislas_hf.trainer import MislasTrainer, MislasTrainingArguments
+from mislas_hf.trainer import MislasTrainer
+from mislas_hf.training_args import MislasTrainingArguments
 
 COUNTS = [24, 12, 6, 3]  # 45 images: 6 batches of 8 per epoch (the last one of 5)
 LABELS = [label for label, count in enumerate(COUNTS) for _ in range(count)]

@@ -20,7 +20,9 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .benchmarks import LongTailedBenchmark, make_long_tailed
+from .benchmarks import LongTailedBenchmark
+from .long_tail import make_long_tailed
+from .preprocessing import Preprocessing
 from .labels import class_counts, dataset_labels, stratified_holdout
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
@@ -145,7 +147,7 @@ def load_own_dataset(
     test_dir: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
-    family: str = "cifar",
+    preprocessing: Preprocessing | None = None,
     train_val_split: float | None = None,
     imbalance_factor: float | None = None,
     seed: int = 0,
@@ -156,8 +158,8 @@ def load_own_dataset(
     The evaluation split is `test` if the source has one, else `validation`; with neither, `train_val_split` holds
     out that fraction of every class of the training set (`stratified_holdout`: a class too small to give an image
     stays whole in training; `kept_whole_classes` lists them). `imbalance_factor` optionally cuts a balanced
-    training set to the exponential profile (`make_long_tailed`). `family` is the transform family the backbone
-    uses ("cifar" or "imagenet").
+    training set to the exponential profile (`make_long_tailed`). `preprocessing`: how the model's images are
+    preprocessed (default: the reference's `cifar` preprocessing).
     Raises `ValueError` / `FileNotFoundError` naming the column, class, file or split, before any compute.
     """
     raw, source_name = _load_raw(dataset_name, train_dir, validation_dir, test_dir)
@@ -217,7 +219,7 @@ def load_own_dataset(
         )
     return LongTailedBenchmark(
         name=source_name,
-        family=family,
+        preprocessing=preprocessing or Preprocessing.reference("cifar"),
         splits=datasets.DatasetDict({"train": train, "test": evaluation}),
         class_counts=counts,
         class_names=names,

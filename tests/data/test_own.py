@@ -17,8 +17,9 @@ from transformers import pipeline
 
 from mislas_hf import MislasForImageClassification
 from mislas_hf.calibration import calibration_metrics
-from mislas_hf.data import load_own_dataset, make_transform
-from mislas_hf.run import parse_arguments, train
+from mislas_hf.data import BENCHMARKS, Preprocessing, load_own_dataset, make_transform
+from mislas_hf.scripts.arguments import parse_arguments
+from mislas_hf.scripts.train import train
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]  # CIFAR-10 labels 0-5
 TRAIN_COUNTS = [40, 24, 12, 8, 4, 2]  # natural tail, sorted names = imagefolder class order
@@ -122,7 +123,7 @@ def test_imagefolder_run_keeps_the_folder_counts_and_groups_by_thresholds(imagef
     # an independent evaluation of the saved model on the test folder, grouped by the counted thresholds
     model = MislasForImageClassification.from_pretrained(stage2).eval()
     test = datasets.load_dataset("imagefolder", data_dir=str(own_imagefolder / "test"), split="train")
-    batch = make_transform("cifar", train=False)(test[:])
+    batch = make_transform(Preprocessing.reference("cifar"), train=False)(test[:])
     with torch.no_grad():
         logits = model(torch.stack(batch["pixel_values"])).logits.double()
     labels = torch.tensor(batch["labels"])
@@ -213,6 +214,14 @@ def test_held_out_split_keeps_single_image_classes_in_training(parquet_folder):
     assert data.class_names == ["cat", "dog", "frog", "horse"]
     assert data.kept_whole_classes == (3,)
     assert data.class_group_boundaries is None
+
+
+def test_own_data_carries_the_preprocessing_it_is_given(parquet_folder):
+    folder, _ = parquet_folder
+    options = dict(dataset_name=str(folder), image_column="picture", label_column="category", train_val_split=0.25)
+    assert load_own_dataset(**options).preprocessing == Preprocessing.reference("cifar")  # the default
+    inat = BENCHMARKS["inat2018"].preprocessing.replace(resample="bicubic")
+    assert load_own_dataset(**options, preprocessing=inat).preprocessing == inat
 
 
 def test_empty_groups_are_absent_not_zero():

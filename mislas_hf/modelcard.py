@@ -5,10 +5,11 @@
 `model-index` with the measured test-split results), how to load the model, the training recipe, the results in
 percent, the reliability diagram, the training set's class-count profile, limitations and the paper's BibTeX.
 Numbers measured by this package and numbers reported by the paper go into separate tables and only the measured
-ones into the `model-index`.
+ones into the `model-index`. The caller gives the preprocessing sentence and the paper's numbers (the benchmark's
+`Preprocessing.description()` and `paper_results` in `mislas_hf.data.BENCHMARKS`); this module knows no benchmark.
 
 `push_model_folder` uploads a `save_pretrained` folder (weights, config, code files, image processor, card, diagram)
-to the Hub in one commit.
+to the Hub with `HfApi.upload_folder`.
 
 Metrics are fractions in code (as `mislas_hf.calibration.calibration_metrics` returns them); the card shows
 accuracies and the ECE family in percent rounded to 2 decimals (`card_metric_value`), NLL in nats and the Brier
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from .calibration import class_groups
 
@@ -77,38 +78,13 @@ calibration table of models evaluated before it existed stays empty)."""
 REQUIRED_METRICS = ("accuracy", "ece", "mce", "nll")
 METRIC_PREFIXES = ("eval_", "test_")
 
-# Results of MiSLAS reported by Zhong et al. (CVPR 2021), as fractions: Table 4 (CIFAR-LT, ResNet-32, top-1 / ECE),
-# Table 5 (top-1 / ECE) with Tables 7-9 (Many / Medium / Few) for ImageNet-LT (ResNet-50), iNaturalist 2018
-# (ResNet-50) and Places-LT (ResNet-152). Keyed by (benchmark, imbalance factor); None where the list fixes it.
-PAPER_RESULTS = {
-    ("cifar10-lt", 100): {"accuracy": 0.821, "ece": 0.0370, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("cifar10-lt", 50): {"accuracy": 0.857, "ece": 0.0217, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("cifar10-lt", 10): {"accuracy": 0.900, "ece": 0.0120, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("cifar100-lt", 100): {"accuracy": 0.470, "ece": 0.0483, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("cifar100-lt", 50): {"accuracy": 0.523, "ece": 0.0225, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("cifar100-lt", 10): {"accuracy": 0.632, "ece": 0.0173, "source": "Zhong et al. (CVPR 2021), Table 4"},
-    ("imagenet-lt", None): {
-        "accuracy": 0.527, "ece": 0.0183, "many_accuracy": 0.617, "medium_accuracy": 0.513, "few_accuracy": 0.358,
-        "source": "Zhong et al. (CVPR 2021), Table 5 (top-1, ECE) and Table 7 (Many / Medium / Few), ResNet-50",
-    },
-    ("inat2018", None): {
-        "accuracy": 0.716, "ece": 0.0767, "many_accuracy": 0.732, "medium_accuracy": 0.724, "few_accuracy": 0.704,
-        "source": "Zhong et al. (CVPR 2021), Table 5 (top-1, ECE) and Table 8 (Many / Medium / Few), ResNet-50",
-    },
-    ("places-lt", None): {
-        "accuracy": 0.404, "ece": 0.0359, "many_accuracy": 0.396, "medium_accuracy": 0.433, "few_accuracy": 0.361,
-        "source": "Zhong et al. (CVPR 2021), Table 5 (top-1, ECE) and Table 9 (Many / Medium / Few), ResNet-152",
-    },
-}
-
-PREPROCESSING = {
-    "cifar": "32x32 RGB input, pixel values rescaled to [0, 1] and normalised with the CIFAR mean and std",
-    "imagenet": "shorter side resized to 256, centre crop 224, normalised with the ImageNet mean and std",
-}
 PLACEHOLDER_LABEL = re.compile(r"^(LABEL|class)_\d+$")
 TOKEN_SETTING = re.compile(r"^(\s*[\w.-]*token\s*:)(?![ \t]*(?:null|~|None|''|\"\")?[ \t]*$)[ \t]*(.+)$", re.I | re.M)
 HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 REDACTED = "<redacted>"
+STEMS = {"cifar": "CIFAR stem", "imagenet": "ImageNet stem"}
+NOT_UPLOADED = (".*", "*/.*")
+"""`ignore_patterns` of the upload: hidden files and folders (`.cache`, `.git`, ...) stay local."""
 
 
 def card_metric_value(key: str, fraction: float) -> float:
@@ -217,7 +193,7 @@ def _model_description(model_config) -> list[str]:
     else:
         what = "stage 1 (representation learning with mixup, plain linear classifier): not yet the MiSLAS classifier"
     lines = [
-        f"**Backbone:** {model_config.backbone} ({model_config.family} family), feature size "
+        f"**Backbone:** {model_config.backbone} ({STEMS[model_config.backbone_spec.stem]}), feature size "
         f"{model_config.hidden_sizes[-1]}"
         + (", plus one extra bottleneck block on the last feature map (Places-LT)" if model_config.extra_block else ""),
         f"**Weights:** {what}.",
@@ -289,6 +265,7 @@ def build_model_card(
     dataset_id: str | None,
     dataset_name: str,
     model_id: str,
+    preprocessing: str,
     training_config_yaml: str | None = None,
     diagram_filename: str | None = None,
     paper_metrics: Mapping[str, object] | None = None,
@@ -309,10 +286,12 @@ def build_model_card(
         dataset_id: Hub id of the dataset (`datasets` metadata and `model-index` dataset type), or None.
         dataset_name: readable benchmark name, e.g. "CIFAR-10-LT (imbalance factor 100)".
         model_id: Hub repo id ("org/name") used in the loading snippets and as `model-index` name.
+        preprocessing: what the saved image processor does to an image, one sentence (e.g.
+            `BENCHMARKS["cifar10-lt"].preprocessing.description()`).
         training_config_yaml: the YAML config the model was trained with, shown verbatim.
         diagram_filename: reliability diagram PNG beside the card (relative path), linked from the card.
-        paper_metrics: numbers reported by the paper for the same setting, as fractions, with an optional
-            `"source"` string (see `PAPER_RESULTS`); shown in their own table, never in the `model-index`.
+        paper_metrics: numbers reported by the paper for the same setting, as fractions, with an optional `"source"`
+            (`BENCHMARKS[name].paper_results[factor]`); shown in their own table, never in the `model-index`.
         provenance: how the weights were obtained (training run, conversion), one paragraph.
         base_model: Hub id(s) of the model this one starts from, if any.
         license: license of the weights.
@@ -335,6 +314,8 @@ def build_model_card(
         raise ValueError("metrics need dataset_id: the model-index names the dataset each result was measured on")
     if not provenance.strip():
         raise ValueError("provenance is empty: say how the weights were obtained (training run or conversion)")
+    if not preprocessing.strip():
+        raise ValueError("preprocessing is empty: pass the Preprocessing.description() of the saved image processor")
 
     eval_results = [
         EvalResult(
@@ -374,7 +355,7 @@ def build_model_card(
         description=_model_description(model_config),
         labels_note=_labels_note(model_config),
         model_id=model_id,
-        preprocessing=PREPROCESSING[model_config.family],
+        preprocessing=preprocessing.strip().rstrip("."),
         provenance=provenance.strip(),
         training_config_yaml=training_config_yaml.strip() if training_config_yaml else None,
         dataset_name=dataset_name,
@@ -415,18 +396,6 @@ def write_model_card(output_dir: str | os.PathLike, **card_arguments) -> Path:
     return path
 
 
-def folder_files(folder: str | os.PathLike) -> list[str]:
-    """Files of `folder` to upload, as sorted POSIX paths relative to it; hidden files and folders (`.cache`,
-    `.git`, ...) are left out."""
-    folder = Path(folder)
-    files = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            files.append(relative.as_posix())
-    return sorted(files)
-
-
 def push_model_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -436,23 +405,23 @@ def push_model_folder(
     token: str | None = None,
 ):
     """
-    Upload a `save_pretrained` folder to the Hub model repo `repo_id` in ONE commit.
+    Upload a `save_pretrained` folder to the Hub model repo `repo_id`.
 
-    Creates the repo if needed (`exist_ok=True`) and, for a `revision` other than `main`, the branch; then commits
-    every file of `folder` (`folder_files`: weights, config, code files, image processor, `README.md` card,
-    diagram) with `HfApi.create_commit`. `token=None` uses the usual login (`HF_TOKEN` or `hf auth login`); the
-    token is only sent as an HTTP header, never written or printed. Checks before any network call that the folder
-    holds `config.json`, the weights and the card. Returns the `CommitInfo`.
+    Checks before any request that the folder holds `config.json`, the weights and the `README.md` card, then creates
+    the repo if needed (`HfApi.create_repo(exist_ok=True)`) and, for a `revision` other than `main`, the branch, and
+    uploads every file of `folder` but hidden ones (`NOT_UPLOADED`: `.cache`, `.git`, ...) with
+    `HfApi.upload_folder`: one commit for a model folder (huggingface_hub splits only uploads of hundreds of files
+    or over 100 MB of small files into several). `token=None` uses the usual login (`HF_TOKEN` or `hf auth login`);
+    the token is only sent as an HTTP header, never written or printed. Returns the `CommitInfo`.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist: save the model with save_pretrained first")
-    files = folder_files(folder)
-    if "config.json" not in files:
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: save the model with save_pretrained first")
-    if not {"model.safetensors", "model.safetensors.index.json"} & set(files):
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise FileNotFoundError(f"{folder} has no model.safetensors: save the model with save_pretrained first")
-    if CARD_FILENAME not in files:
+    if not (folder / CARD_FILENAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CARD_FILENAME}: write the card with write_model_card first")
     if not commit_message.strip():
         raise ValueError("commit_message is empty: say what this upload is")
@@ -461,25 +430,18 @@ def push_model_folder(
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True, token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-    return api.create_commit(
-        repo_id,
-        operations=operations,
-        commit_message=commit_message,
-        repo_type="model",
-        revision=revision,
-        token=token,
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, commit_message=commit_message, repo_type="model", revision=revision,
+        ignore_patterns=list(NOT_UPLOADED), token=token,  # a new list: upload_folder appends its own patterns to it
     )
 
 
 __all__ = [
     "BIBTEX",
     "CARD_METRICS",
-    "PAPER_RESULTS",
     "build_model_card",
     "card_metric_value",
     "class_count_profile",
-    "folder_files",
     "normalize_metrics",
     "push_model_folder",
     "redact_tokens",

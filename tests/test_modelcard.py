@@ -1,4 +1,4 @@
-"""mislas_hf.hub: model cards (metadata, model-index, body) and the one-commit push."""
+"""mislas_hf.modelcard: model cards (metadata, model-index, body) and the push (`HfApi.upload_folder`, one commit)."""
 
 import base64
 import json
@@ -12,30 +12,23 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from mislas_hf import MislasConfig, MislasForImageClassification
+from mislas_hf import MislasConfig
 from mislas_hf.calibration import calibration_metrics, confidence_and_correctness, reliability_diagram
-from mislas_hf.hub import build_model_card, push_model_folder, write_model_card
+from mislas_hf.data import BENCHMARKS
+from mislas_hf.modelcard import build_model_card, push_model_folder, write_model_card
 
 CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_PREPROCESSING = BENCHMARKS["cifar10-lt"].preprocessing.description()
 MODEL_ID = "mislas-org/mislas-resnet32-cifar10-lt"
 FAKE_TOKEN = "hf_FakeTokenForTheTestsOnly0123456789abcd"
 TRAINING_YAML = "dataset: cifar10-lt\nimbalance_factor: 100\nstage2_epochs: 10\nhub_token: " + FAKE_TOKEN + "\n"
 
 
 @pytest.fixture
-def model_folder(tmp_path):
+def model_folder(tmp_path, tiny_cifar10_model):
     """A real tiny saved model (ResNet-32, stage 2) with a reliability diagram and Trainer-style metrics."""
-    torch.manual_seed(0)
-    config = MislasConfig(
-        backbone="resnet32",
-        num_labels=10,
-        id2label=dict(enumerate(CIFAR10_NAMES)),
-        label2id={name: k for k, name in enumerate(CIFAR10_NAMES)},
-        class_counts=CIFAR10_LT_COUNTS,
-        class_group_boundaries=[3, 7],
-    )
-    model = MislasForImageClassification(config)
+    model = tiny_cifar10_model()
+    assert model.config.class_counts == CIFAR10_LT_COUNTS
     model.prepare_stage2("mislas", shift_bn=True)
     folder = tmp_path / "stage2"
     model.save_pretrained(folder)
@@ -60,6 +53,7 @@ def write_card(folder, trainer_metrics, **overrides):
         dataset_id="uoft-cs/cifar10",
         dataset_name="CIFAR-10-LT (imbalance factor 100)",
         model_id=MODEL_ID,
+        preprocessing=CIFAR_PREPROCESSING,
         training_config_yaml=TRAINING_YAML,
         diagram_filename="reliability_diagram.png",
         paper_metrics={"accuracy": 0.821, "ece": 0.037, "source": "Zhong et al. (CVPR 2021), Table 4"},
@@ -123,6 +117,9 @@ def test_card_body(model_folder):
     assert f'MislasForImageClassification.from_pretrained("{MODEL_ID}")' in text
     assert f'AutoModelForImageClassification.from_pretrained("{MODEL_ID}", trust_remote_code=True)' in text
     assert f'pipeline("image-classification", model="{MODEL_ID}", trust_remote_code=True)' in text
+    assert "**Backbone:** resnet32 (CIFAR stem), feature size 64" in text
+    assert f"image processor used for evaluation ({CIFAR_PREPROCESSING}); the pipeline applies it" in text
+    assert "32x32 RGB input, pixel values rescaled to [0, 1] and normalised with mean [0.4914, 0.4822, 0.4465]" in text
 
     measured = text.index("### Measured by mislas_hf")
     paper = text.index("### Reported in the paper")
@@ -178,10 +175,14 @@ def test_missing_or_escaping_diagram_is_rejected(model_folder):
 def test_card_without_measurements_has_no_model_index(model_folder):
     folder, _, _ = model_folder
     card = build_model_card(
-        MislasConfig.from_pretrained(folder), None, None, "Places-LT", "org/converted", provenance="Converted."
+        MislasConfig.from_pretrained(folder), None, None, "Places-LT", "org/converted", CIFAR_PREPROCESSING,
+        provenance="Converted.",
     )
     assert card.data.eval_results is None
     assert "No test-set numbers have been measured by mislas_hf" in card.content
+    with pytest.raises(ValueError, match="preprocessing is empty"):
+        build_model_card(MislasConfig.from_pretrained(folder), None, None, "Places-LT", "org/converted", " ",
+                         provenance="Converted.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_card_without_measurements_has_no_model_index(model_folder):
 
 
 class FakeHub(ThreadingHTTPServer):
-    """Answers the Hub API calls of create_repo / create_commit and records them."""
+    """Answers the Hub API calls of create_repo / upload_folder (preupload, commit) and records them."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), FakeHubHandler)

@@ -1,4 +1,4 @@
-"""Stage 2 of the real job (`mislas_hf.run.train`) in two gloo CPU processes against one process with the same global
+"""Stage 2 of the real job (`mislas_hf.scripts.train.train`) in two gloo CPU processes against one process with the same global
 batch: each rank trains on its shard of the one class-aware stream, evaluation reads every test image exactly once,
 and the results agree."""
 
@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import mislas_hf.run
+import mislas_hf.scripts.train
 from mislas_hf import MislasConfig, MislasForImageClassification
 from mislas_hf.data import augment_cifar_batch, dataset_labels, load_benchmark, subset
-from mislas_hf.run import parse_arguments, train
+from mislas_hf.scripts.arguments import parse_arguments
+from mislas_hf.scripts.train import train
 from mislas_hf.sampling import ClassAwareSampler
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # --max_train_samples 65 keeps 64 images (a class-proportional subset, rounded per class): 2 full global batches of
 # 32 per epoch, so step 3 reads epoch 1 and no half batch is partial
 TRAIN_SAMPLES, TRAIN_IMAGES, TEST_IMAGES, GLOBAL_BATCH, STEPS = 65, 64, 100, 32, 3
@@ -62,7 +63,7 @@ def _stage2_worker(rank, port, flags, out_dir):
     torch.set_num_threads(1)
     fetched = {}
     datasets.Dataset.__getitems__ = record_fetches(fetched)
-    mislas_hf.run.train_batch_augmentation = without_random_augmentation
+    mislas_hf.scripts.train.train_batch_augmentation = without_random_augmentation
     results = train(*parse_arguments(flags)[:3])
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"fetched": fetched, "results": results}))
 
@@ -92,7 +93,7 @@ def test_two_process_stage2_shards_the_stream_and_equals_one_process(cifar10_dir
 
     one_fetched = {}
     monkeypatch.setattr(datasets.Dataset, "__getitems__", record_fetches(one_fetched))
-    monkeypatch.setattr(mislas_hf.run, "train_batch_augmentation", without_random_augmentation)
+    monkeypatch.setattr(mislas_hf.scripts.train, "train_batch_augmentation", without_random_augmentation)
     flags = stage2_flags(cifar10_dir, tmp_path / "one", tmp_path / "stage1", 1)
     one = train(*parse_arguments(flags)[:3])
 

@@ -1,4 +1,4 @@
-"""Thread count, precision and batch per process under each launcher (mislas_hf.run.use_cpu_cores,
+"""Thread count, precision and batch per process under each launcher (mislas_hf.scripts.launch.use_cpu_cores,
 MislasTrainingArguments.bf16 and .total_train_batch_size).
 
 `accelerate launch` without an accelerate config sets OMP_NUM_THREADS=1 for its process and `torchrun` does so for
@@ -17,16 +17,17 @@ import sys
 import psutil
 import pytest
 
-from mislas_hf.trainer import MislasTrainingArguments, native_bf16_available
+from mislas_hf.training_args import MislasTrainingArguments, native_bf16_available
 
 PROBE = """
 import json, sys
-import mislas_hf.trainer as trainer_module
+import mislas_hf.training_args as training_args_module
 if "--fake_bf16" in sys.argv:
-    trainer_module.native_bf16_available = lambda use_cpu=False: True
+    training_args_module.native_bf16_available = lambda use_cpu=False: True
 from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.run import use_cpu_cores
-from mislas_hf.trainer import MislasTrainer, MislasTrainingArguments
+from mislas_hf.scripts.launch import use_cpu_cores
+from mislas_hf.trainer import MislasTrainer
+from mislas_hf.training_args import MislasTrainingArguments
 
 args = MislasTrainingArguments(
     output_dir=sys.argv[1], report_to="none", stage="1", total_train_batch_size=256, gradient_accumulation_steps=2

@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
 
 from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.run import ModelArguments, build_model, parse_arguments, plan_model, train
+from mislas_hf.scripts.arguments import ModelArguments, parse_arguments
+from mislas_hf.scripts.model_setup import build_model, plan_model
+from mislas_hf.scripts.train import train
 
 REPO_ID = "tiny-org/resnet-10-tiny"
 REVISION = "fedcba9876543210fedcba9876543210fedcba98"
@@ -69,8 +71,10 @@ def checkpoint_tensors(cache: Path) -> dict:
 
 def test_every_backbone_tensor_of_the_checkpoint_loads(offline_cache):
     plan = plan_model(ModelArguments(model_name_or_path=REPO_ID))
-    assert (plan.source, plan.backbone, plan.family) == ("resnet", "resnet10", "imagenet")
-    assert (list(plan.mean), list(plan.std)) == (PROCESSOR_MEAN, PROCESSOR_STD)
+    assert (plan.source, plan.backbone) == ("resnet", "resnet10")
+    preprocessing = plan.pretrained_preprocessing  # ConvNextImageProcessor's defaults: 384 px, no crop, bicubic
+    assert (list(preprocessing.mean), list(preprocessing.std)) == (PROCESSOR_MEAN, PROCESSOR_STD)
+    assert (preprocessing.image_size, preprocessing.resize_size, preprocessing.resample) == (384, 384, "bicubic")
     benchmark = type("Data", (), {"class_names": ["a", "b", "c", "d", "e"], "class_group_boundaries": None})
     data_args = type("DataArgs", (), {"many_shot_threshold": 100, "few_shot_threshold": 20})
     model = build_model(ModelArguments(model_name_or_path=REPO_ID), plan, benchmark, [9, 7, 5, 3, 1], data_args)

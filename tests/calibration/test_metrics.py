@@ -1,4 +1,4 @@
-"""Tests of mislas_hf.calibration against hand computations, the authors' algorithm and torchmetrics."""
+"""Tests of mislas_hf.calibration.metrics against hand computations, the authors' algorithm and torchmetrics."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from mislas_hf.calibration import (
+from mislas_hf.calibration.metrics import (
     adaptive_expected_calibration_error,
     brier_score,
     calibration_bins,
@@ -17,13 +17,9 @@ from mislas_hf.calibration import (
     class_groups,
     compute_metrics,
     confidence_and_correctness,
-    draw_reliability_diagram,
     expected_calibration_error,
-    fit_classwise_temperatures,
-    fit_temperature,
     maximum_calibration_error,
     negative_log_likelihood,
-    reliability_diagram,
     top_k_accuracy,
 )
 
@@ -44,18 +40,6 @@ def reference_calibration(confidences, correct, num_bins=15):
     gaps = np.abs(accuracies - mean_confidences)
     return {"accuracies": accuracies, "confidences": mean_confidences, "counts": counts,
             "ece": np.sum(gaps * counts) / np.sum(counts), "mce": np.max(gaps)}
-
-
-def softmax64(logits):
-    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
-
-
-def random_predictions(seed, n=2000, k=10):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, k, n)
-    logits = rng.normal(size=(n, k)) * 2.0
-    logits[np.arange(n // 2), labels[: n // 2]] += 4.0  # half the samples lean towards the right class
-    return logits, labels
 
 
 def test_bins_and_ece_match_reference_algorithm():
@@ -81,7 +65,7 @@ def test_ece_by_hand():
     assert expected_calibration_error([0.82, 0.86], [1, 0]) == pytest.approx(0.34, abs=1e-12)
 
 
-def test_agrees_with_torchmetrics_away_from_bin_edges():
+def test_agrees_with_torchmetrics_away_from_bin_edges(random_predictions, softmax64):
     logits, labels = random_predictions(1)
     probabilities = softmax64(logits)
     confidences, correct = confidence_and_correctness(probabilities, labels)
@@ -149,7 +133,7 @@ def test_calibration_bins_reject_bad_input(confidences, correct, n_bins, match):
         calibration_bins(np.array(confidences, dtype=float), np.array(correct), n_bins)
 
 
-def test_negative_log_likelihood():
+def test_negative_log_likelihood(random_predictions):
     logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     labels = np.array([0, 1])
     expected = (math.log(math.exp(2) + 1 + math.exp(-1)) - 2 + math.log(2 * math.exp(0.5) + math.exp(3)) - 0.5) / 2
@@ -164,7 +148,7 @@ def test_negative_log_likelihood():
     assert negative_log_likelihood([[1000.0, 0.0]], [1]) == pytest.approx(1000.0)
 
 
-def test_top_k_accuracy_by_hand_and_torchmetrics():
+def test_top_k_accuracy_by_hand_and_torchmetrics(random_predictions):
     scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
     labels = np.array([2, 1, 0, 1])
     # Ranks of the label (ties towards the lower index): 1, 2, 0, 2.
@@ -237,7 +221,7 @@ def test_calibration_metrics_by_hand():
                             "few_ece"}
 
 
-def test_calibration_metrics_group_accuracy_equals_per_class_mean_on_balanced_test_set():
+def test_calibration_metrics_group_accuracy_equals_per_class_mean_on_balanced_test_set(softmax64):
     rng = np.random.default_rng(4)
     labels = np.repeat(np.arange(100), 20)
     logits = rng.normal(size=(2000, 100)) * 2
@@ -254,7 +238,7 @@ def test_calibration_metrics_group_accuracy_equals_per_class_mean_on_balanced_te
     assert metrics["ece"] == pytest.approx(reference["ece"], abs=1e-12)
 
 
-def test_calibration_metrics_omits_empty_group_and_has_no_groups_without_counts():
+def test_calibration_metrics_omits_empty_group_and_has_no_groups_without_counts(random_predictions):
     logits, labels = random_predictions(5, n=50, k=4)
     labels = labels % 2  # only classes 0 and 1 appear
     metrics = calibration_metrics(logits, labels, class_counts=[500, 50, 30, 10])  # many {0}, medium {1}, few {2, 3}
@@ -334,7 +318,7 @@ def loop_brier(probabilities, labels):
                for i in range(n)) / n
 
 
-def test_new_metrics_match_loops_on_random_logits():
+def test_new_metrics_match_loops_on_random_logits(random_predictions, softmax64):
     for seed, (n, k) in enumerate([(700, 10), (301, 7), (40, 100)]):
         logits, labels = random_predictions(10 + seed, n=n, k=k)
         probabilities = softmax64(logits)
@@ -386,7 +370,7 @@ def test_probability_metrics_reject_logits(function):
         function(np.array([[2.0, -1.0]]), np.array([0]))
 
 
-def test_group_eces_are_the_ece_of_each_groups_test_samples():
+def test_group_eces_are_the_ece_of_each_groups_test_samples(random_predictions, softmax64):
     logits, labels = random_predictions(20, n=900, k=10)
     counts = [500, 400, 300, 200, 150, 90, 60, 30, 15, 5]  # many {0..4}, medium {5, 6, 7}, few {8, 9}
     metrics = calibration_metrics(logits, labels, class_counts=counts)
@@ -423,7 +407,7 @@ def independent_metrics(logits, labels, groups):
     return metrics
 
 
-def test_compute_metrics_for_trainer():
+def test_compute_metrics_for_trainer(random_predictions):
     from transformers import EvalPrediction
 
     logits, labels = random_predictions(6, n=200, k=10)
@@ -435,123 +419,3 @@ def test_compute_metrics_for_trainer():
         assert set(metrics) == set(expected)
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, abs=1e-9), key
-
-
-def overconfident_logits(true_temperature, seed=0):
-    """Logits whose label frequencies match softmax(z) exactly (rows repeated with labels in the proportions of
-    their probabilities), then multiplied by `true_temperature`: the NLL of softmax(z' / T) is minimal at exactly
-    T = true_temperature, with no sampling noise."""
-    rng = np.random.default_rng(seed)
-    logits, labels = [], []
-    for _ in range(60):
-        label_counts = rng.integers(1, 6, size=5)  # 5 classes, each seen 1-5 times among this row's copies
-        base = np.log(label_counts / label_counts.sum()) + rng.normal()
-        for label, count in enumerate(label_counts):
-            logits += [base * true_temperature] * count
-            labels += [label] * count
-    return np.array(logits), np.array(labels)
-
-
-def nll_at(logits, labels, temperature):
-    return F.cross_entropy(torch.as_tensor(logits / temperature), torch.as_tensor(labels)).item()
-
-
-@pytest.mark.parametrize("true_temperature", [2.5, 0.7])
-def test_fit_temperature_recovers_a_known_temperature(true_temperature):
-    logits, labels = overconfident_logits(true_temperature)
-    temperature = fit_temperature(logits, labels)
-    assert temperature == pytest.approx(true_temperature, abs=1e-3)
-    fitted_nll = nll_at(logits, labels, temperature)
-    assert fitted_nll < nll_at(logits, labels, temperature * 1.1)
-    assert fitted_nll < nll_at(logits, labels, temperature / 1.1)
-
-
-def test_fit_temperature_minimises_nll_on_random_logits():
-    logits, labels = random_predictions(30, n=500, k=10)
-    logits = logits * 3  # over-confident
-    temperature = fit_temperature(torch.as_tensor(logits).float(), torch.as_tensor(labels))
-    grid = np.exp(np.linspace(np.log(temperature) - 0.05, np.log(temperature) + 0.05, 101))
-    assert grid[np.argmin([nll_at(logits, labels, t) for t in grid])] == pytest.approx(temperature, rel=1e-3)
-    assert temperature > 1
-
-
-def test_fit_classwise_temperatures_recovers_known_temperatures_and_regularises_absent_classes():
-    rng = np.random.default_rng(3)
-    true_temperatures = np.array([0.8, 1.5, 2.0, 3.0, 1.2])
-    logits, labels = overconfident_logits(1.0, seed=1)
-    logits = logits * true_temperatures  # class k's logit over-confident by T_k
-    temperatures = fit_classwise_temperatures(logits, labels, regularization=1e-6)  # a negligible prior
-    np.testing.assert_allclose(temperatures, true_temperatures, atol=1e-3)
-    # With the prior the log T_k sit closer to log T (scalar fit) in sum of squares, and the held-out NLL still beats
-    # the scalar T's (both follow from the regularised objective's minimality).
-    scalar = fit_temperature(logits, labels)
-    regularised = fit_classwise_temperatures(logits, labels, regularization=50.0)
-    assert np.sum(np.log(regularised / scalar) ** 2) < np.sum(np.log(temperatures / scalar) ** 2)
-    assert nll_at(logits, labels, regularised) < nll_at(logits, labels, scalar)
-    # A sixth class with no held-out image (its logit the lowest of every row): the data alone push T_6 towards 0;
-    # the prior keeps it finite, and the stronger the prior the closer to the scalar T.
-    absent = logits.min(axis=1, keepdims=True) - 2 + rng.normal(0, 0.5, size=(len(labels), 1))
-    with_absent = np.concatenate([logits, absent], axis=1)
-    scalar = fit_temperature(with_absent, labels)
-    distances = []
-    for regularization in (0.5, 5.0, 50.0):
-        fitted = fit_classwise_temperatures(with_absent, labels, regularization)
-        assert fitted.shape == (6,) and np.all(np.isfinite(fitted) & (fitted > 0))
-        distances.append(abs(np.log(fitted[5] / scalar)))
-    assert distances[0] > distances[1] > distances[2]
-
-
-def test_fit_temperature_rejects_separable_held_out_data_and_bad_regularization():
-    logits = np.array([[5.0, 0.0], [0.0, 5.0]])
-    with pytest.raises(ValueError, match="no minimum at a finite positive temperature"):
-        fit_temperature(logits, [0, 1])  # all correct, separable: the NLL falls towards 0 as T -> 0
-    with pytest.raises(ValueError, match="no minimum at a finite positive temperature"):
-        fit_temperature(np.zeros((4, 3)), [0, 1, 2, 0])  # flat NLL
-    for regularization in (0.0, -1.0):
-        with pytest.raises(ValueError, match="regularization must be a positive number"):
-            fit_classwise_temperatures(logits, [0, 0], regularization=regularization)
-
-
-def test_reliability_diagram_png_and_bar_heights(tmp_path):
-    from matplotlib.figure import Figure
-
-    logits, labels = random_predictions(7)
-    confidences, correct = confidence_and_correctness(softmax64(logits), labels)
-    path = reliability_diagram(confidences, correct, tmp_path / "diagram.png", title="test")
-    assert path == tmp_path / "diagram.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-
-    bins = calibration_bins(confidences, correct)
-    ax = draw_reliability_diagram(Figure().subplots(), bins)
-    accuracy_bars, gap_bars = ax.containers
-    heights = np.array([patch.get_height() for patch in accuracy_bars])
-    np.testing.assert_allclose(heights, bins.accuracies, rtol=0, atol=1e-12)
-    np.testing.assert_allclose([patch.get_x() for patch in accuracy_bars], np.arange(15) / 15, atol=1e-12)
-    gap_heights = np.array([patch.get_height() for patch in gap_bars])
-    gap_bottoms = np.array([patch.get_y() for patch in gap_bars])
-    np.testing.assert_allclose(gap_heights, np.abs(bins.accuracies - bins.confidences), atol=1e-12)
-    np.testing.assert_allclose(gap_bottoms, np.minimum(bins.accuracies, bins.confidences), atol=1e-12)
-    assert bins.counts[0] == 0 and heights[0] == 0.0 and gap_heights[0] == 0.0  # empty bins draw nothing
-    assert f"ECE = {100 * bins.ece:.2f}%" in [text.get_text() for text in ax.texts]
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("Confidence", "Accuracy")
-    assert ax.get_xlim() == (0.0, 1.0) and ax.get_ylim() == (0.0, 1.0)
-
-
-def test_combine_reliability_diagrams_places_each_saved_diagram_in_its_panel(tmp_path):
-    """Two saved images, a red and a blue square, side by side: the left panel's centre is red, the right one's
-    blue."""
-    import matplotlib.image
-
-    from mislas_hf.calibration import combine_reliability_diagrams
-
-    paths = []
-    for name, colour in (("red", [1.0, 0.0, 0.0]), ("blue", [0.0, 0.0, 1.0])):
-        paths.append(tmp_path / f"{name}.png")
-        matplotlib.image.imsave(paths[-1], np.tile(np.asarray(colour), (40, 40, 1)))
-    output = combine_reliability_diagrams([("CE", paths[0]), ("MiSLAS", paths[1])], tmp_path / "both.png")
-    image = matplotlib.image.imread(output)[..., :3]
-    height, width = image.shape[:2]
-    assert np.allclose(image[height // 2, width // 4], [1, 0, 0], atol=0.02)
-    assert np.allclose(image[height // 2, 3 * width // 4], [0, 0, 1], atol=0.02)
-    with pytest.raises(ValueError, match="at least one"):
-        combine_reliability_diagrams([], tmp_path / "none.png")
