@@ -28,9 +28,9 @@ setup(
     extras_require={"dev": ["pytest>=8", "torchmetrics>=1.3"]},
     entry_points={
         "console_scripts": [
-            "mislas-train = mislas_hf.scripts.train:main",
-            "mislas-evaluate = mislas_hf.scripts.evaluate:main",
-            "mislas-calibrate = mislas_hf.scripts.calibrate:main",
+            "mislas-train = mislas_hf.scripts.train:cli",
+            "mislas-evaluate = mislas_hf.scripts.evaluate:cli",
+            "mislas-calibrate = mislas_hf.scripts.calibrate:cli",
             "mislas-convert = mislas_hf.convert:main",
         ]
     },

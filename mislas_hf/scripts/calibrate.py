@@ -138,3 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     """`mislas-calibrate` / `recipes/calibrate.py`: `MODEL --method temperature|classwise_temperature --output_dir DIR`."""
     calibration_args, data_args, training_args = parse_saved_model_arguments(CalibrationArguments, argv)
     return calibrate(calibration_args, data_args, training_args)
+
+
+def cli() -> None:
+    """The `mislas-calibrate` command: `main` on the command line, exiting 0 when it succeeds (not with the metrics)."""
+    main()

@@ -28,3 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     """`mislas-evaluate` / `recipes/evaluate_model.py`: `MODEL [--dataset ...] --output_dir DIR`."""
     evaluation_args, data_args, training_args = parse_saved_model_arguments(EvaluationArguments, argv)
     return evaluate(evaluation_args.model, data_args, training_args)
+
+
+def cli() -> None:
+    """The `mislas-evaluate` command: `main` on the command line, exiting 0 when it succeeds (not with the metrics)."""
+    main()

@@ -167,3 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     """`mislas-train` / `recipes/train.py`: parse `--config` and the command line, run the stages."""
     model_args, data_args, training_args, config_text = parse_arguments(argv)
     return train(model_args, data_args, training_args, config_yaml=config_text)
+
+
+def cli() -> None:
+    """The `mislas-train` command: `main` on the command line, exiting 0 when it succeeds (not with the metrics)."""
+    main()
