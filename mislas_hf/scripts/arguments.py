@@ -113,7 +113,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Deterministic subset of the test set."})
     validation_split_percentage: float | None = field(
         default=None,
-        metadata={"help": "Hold out this % of the training set to select the best epoch on (never the test set)."},
+        metadata={"help": "Hold out this percentage of the training set to select the best epoch on (never the test set)."},
     )
     split_seed: int = field(
         default=0, metadata={"help": "Seed of the long-tailed cut and of --train_val_split (0 = the published splits)."}

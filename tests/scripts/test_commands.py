@@ -1,9 +1,10 @@
-"""The installed commands: each `mislas-*` console script resolves to its job, and exits 0 on success (a console
-script's `sys.exit(value)` would exit 1 on the metrics dict that `main` returns)."""
+"""The commands: each `mislas-*` console script resolves to its job and exits 0 on success (a console script's
+`sys.exit(value)` would exit 1 on the metrics dict that `main` returns), and `--help` of each recipe works."""
 
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,23 @@ def test_a_successful_command_exits_0(module):
         f"sys.exit(job.cli())\n"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize(
+    "recipe, own_options",
+    [
+        ("train.py", ["--stage1_epochs", "--backbone"]),
+        ("evaluate_model.py", ["--model"]),
+        ("calibrate.py", ["--method", "--classwise_regularization"]),
+    ],
+)
+def test_help_of_each_recipe_lists_its_options(recipe, own_options):
+    """`--help` is how the README says to list the options: it exits 0 and names the job's own options beside the
+    data and training ones (argparse formats every help text with %, so a bare % in one broke them all)."""
+    result = subprocess.run([sys.executable, str(RECIPES / recipe), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-500:]
+    for option in [*own_options, "--dataset_name", "--validation_split_percentage", "--learning_rate"]:
+        assert f"  {option} " in result.stdout, option
