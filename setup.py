@@ -25,7 +25,10 @@ setup(
         "psutil>=5.9",
         "pyyaml>=6.0",
     ],
-    extras_require={"dev": ["pytest>=8", "torchmetrics>=1.3"]},
+    extras_require={
+        "timm": ["timm>=1.0"],  # timm backbones (TimmWrapperModel) and `mislas-convert --timm_checkpoint`
+        "dev": ["pytest>=8", "torchmetrics>=1.3", "timm>=1.0"],
+    },
     entry_points={
         "console_scripts": [
             "mislas-train = mislas_hf.scripts.train:cli",

@@ -1,9 +1,11 @@
-"""Convert official MiSLAS checkpoints (dvlab-research/MiSLAS, `*.pth.tar`) and torchvision ImageNet backbones into
-`save_pretrained` folders.
+"""Convert official MiSLAS checkpoints (dvlab-research/MiSLAS, `*.pth.tar`), torchvision ImageNet backbones and timm
+state dicts into folders that `from_pretrained` and `--model_name_or_path` load.
 
     python -m mislas_hf.convert --checkpoint model_best.pth.tar --dataset cifar10-lt --stage 2 --output_dir DIR \
         [--imbalance_factor 100] [--train_list Places_LT_train.txt] [--push_to_hub ORG/NAME]
     python -m mislas_hf.convert --backbone_checkpoint resnet152-f82ba261.pth --dataset places-lt --output_dir DIR
+    python -m mislas_hf.convert --timm_checkpoint efficientnet-lite0-57934424.pth \
+        --architecture tf_efficientnet_lite0 --output_dir DIR
 
 What the checkpoints hold, how their tensors map onto our state dict, and the class order of list-file benchmarks:
 `mislas_hf.reference_checkpoints`. The benchmark's reference setting (backbones, Places-LT's extra block and frozen
@@ -11,6 +13,11 @@ backbone, CIFAR's class names and profile, preprocessing, the paper's numbers) c
 
 `--backbone_checkpoint` converts a torchvision ResNet state dict into the starting point of stage 1: the backbone's
 weights only; training from that folder (`--model_name_or_path`) initialises the classifier and the extra block itself.
+
+`--timm_checkpoint` converts a state dict of a timm architecture (timm's names, or another implementation's in timm's
+order: `reference_checkpoints.timm_state_dict`) into the Hub layout of timm models (`config.json` with `architecture`
+and `pretrained_cfg`, `model.safetensors`, written by timm's `save_for_hf`), which `TimmWrapperModel.from_pretrained`,
+`AutoImageProcessor` and `--model_name_or_path` load as they load a `timm/...` repo. It needs timm.
 
 Every tensor is checked and loaded in memory first; the folder (weights as safetensors, config, code files, image
 processor, model card) is written into a temporary folder beside `output_dir` and moved into place only when
@@ -20,6 +27,7 @@ complete.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -28,9 +36,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .configuration_mislas import MislasConfig
+from .configuration_mislas import MislasConfig, check_timm_available
 from .data import BENCHMARKS
-from .modelcard import push_model_folder, write_model_card
+from .hub_upload import push_model_folder
+from .modelcard import write_model_card
 from .modeling_mislas import MislasForImageClassification
 from .reference_checkpoints import (
     DEFAULT_CIFAR_IMBALANCE_FACTOR,
@@ -41,6 +50,7 @@ from .reference_checkpoints import (
     load_checkpoint,
     reference_labels,
     reference_state_dict,
+    timm_state_dict,
 )
 
 
@@ -245,12 +255,52 @@ def convert_backbone(backbone_checkpoint: str | os.PathLike, dataset: str, outpu
     return output_dir
 
 
+def convert_timm(timm_checkpoint: str | os.PathLike, architecture: str, output_dir: str | os.PathLike) -> Path:
+    """
+    Convert a state dict of the timm architecture `architecture` (`torch.load(weights_only=True)`; timm's tensor names,
+    or another implementation's one to one in timm's order) into a timm Hub-layout folder `output_dir`:
+    `config.json` (`architecture`, `num_classes`, `num_features`, timm's `pretrained_cfg` for the architecture, whose
+    input size, crop, interpolation and mean/std the image processor reads) and `model.safetensors`, written by
+    timm's `save_for_hf`. Every tensor is checked (`timm_state_dict`) before anything is written. Returns
+    `output_dir`.
+    """
+    check_timm_available(architecture)
+    import timm
+
+    timm_checkpoint, output_dir = Path(timm_checkpoint), Path(output_dir)
+    if not timm_checkpoint.is_file():
+        raise FileNotFoundError(
+            f"timm checkpoint {timm_checkpoint} not found: pass a state dict saved with torch.save(model.state_dict(), "
+            "FILE)"
+        )
+    _check_output_dir(output_dir)
+    if not timm.is_model(architecture):
+        raise ValueError(
+            f"--architecture {architecture!r} is not a timm {timm.__version__} architecture: see timm.list_models()"
+        )
+    state_dict = load_checkpoint(timm_checkpoint)
+    model = timm.create_model(architecture, pretrained=False)
+    model.load_state_dict(timm_state_dict(state_dict, model.state_dict(), architecture, path=timm_checkpoint))
+
+    def write(folder: Path) -> None:
+        timm.models.save_for_hf(model.eval(), str(folder), safe_serialization=True)
+        # transformers' TimmWrapperModel passes num_classes itself (0, or num_labels): a `model_args.num_classes`
+        # recorded beside it (newer timm's save_for_hf writes one) would be given twice
+        config_path = folder / "config.json"
+        config = json.loads(config_path.read_text())
+        config.get("model_args", {}).pop("num_classes", None)
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    _write_folder(output_dir, write)
+    return output_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of `convert`."""
     parser = argparse.ArgumentParser(
         prog="python -m mislas_hf.convert",
-        description="Convert an official MiSLAS checkpoint (.pth.tar), or a torchvision ResNet state dict into the "
-        "stage-1 starting point of a benchmark.",
+        description="Convert an official MiSLAS checkpoint (.pth.tar), a torchvision ResNet state dict into the "
+        "stage-1 starting point of a benchmark, or a timm state dict into a timm Hub-layout folder.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="the .pth.tar file saved by train_stage1/2.py")
@@ -258,7 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backbone_checkpoint",
         help="a torchvision ResNet state dict (e.g. resnet152 for places-lt, whose layer4.2 is dropped)",
     )
-    parser.add_argument("--dataset", required=True, choices=list(BENCHMARKS), help="benchmark the checkpoint is for")
+    source.add_argument(
+        "--timm_checkpoint",
+        help="a state dict of the timm --architecture (timm's names, or another implementation's in timm's order)",
+    )
+    parser.add_argument("--architecture", help="with --timm_checkpoint: the timm architecture, e.g. tf_efficientnet_lite0")
+    parser.add_argument(
+        "--dataset", choices=list(BENCHMARKS), help="benchmark the checkpoint is for (--checkpoint, --backbone_checkpoint)"
+    )
     parser.add_argument(
         "--stage", type=int, choices=(1, 2), help="training stage of the checkpoint (with --checkpoint, required)"
     )
@@ -272,7 +329,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME", help="also upload to this Hub repo")
     args = parser.parse_args(argv)
     try:
-        if args.backbone_checkpoint is not None:
+        if args.timm_checkpoint is not None:
+            unused = [flag for flag in ("dataset", "stage", "imbalance_factor", "train_list", "push_to_hub") if getattr(args, flag)]
+            if unused or not args.architecture:
+                raise ValueError(
+                    "--timm_checkpoint needs --architecture (the timm architecture of the state dict)"
+                    + (f" and takes no --{', --'.join(unused)}" if unused else "")
+                )
+            output_dir = convert_timm(args.timm_checkpoint, args.architecture, args.output_dir)
+        elif args.dataset is None:
+            raise ValueError("--checkpoint and --backbone_checkpoint need --dataset (the benchmark they are for)")
+        elif args.architecture is not None:
+            raise ValueError("--architecture is for --timm_checkpoint")
+        elif args.backbone_checkpoint is not None:
             flags = ("stage", "imbalance_factor", "train_list", "push_to_hub")
             unused = [flag for flag in flags if getattr(args, flag)]
             if unused:
@@ -290,10 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 train_list=args.train_list,
                 push_to_hub=args.push_to_hub,
             )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"converted {args.checkpoint or args.backbone_checkpoint} -> {output_dir}")
+    print(f"converted {args.checkpoint or args.backbone_checkpoint or args.timm_checkpoint} -> {output_dir}")
     return 0
 
 

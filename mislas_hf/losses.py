@@ -1,9 +1,11 @@
-"""Stage-2 losses of MiSLAS (Zhong et al., CVPR 2021) and the mixup used in Stage-1.
+"""Stage-2 losses of MiSLAS (Zhong et al., CVPR 2021), the mixup used in Stage-1, and two baselines.
 
 * Label-aware smoothing (LAS), Sec. 3.2, Eqs. (1)-(3) and Appendix B, Eq. (7).
 * Mixup (Zhang et al., ICLR 2018), applied in Stage-1 (Sec. 3.1).
 * Class-balanced cross-entropy (CB-CE, Cui et al., CVPR 2019), the Stage-2
   re-weighting baseline of Table 2.
+* Logit-adjusted cross-entropy (Menon et al., ICLR 2021; Balanced Softmax,
+  Ren et al., NeurIPS 2020, at tau = 1), a one-stage long-tail baseline.
 
 Every loss returns the mean over the batch and is computed in float32, also
 when the logits come out of a bf16/fp16 autocast region.
@@ -154,6 +156,36 @@ class ClassBalancedCrossEntropy(nn.Module):
         """Weighted mean cross-entropy of ``logits`` ``[N, K]`` against integer ``labels`` ``[N]``, in float32."""
         _check_logits_and_labels(logits, labels, len(self.weight))
         return F.cross_entropy(logits.float(), labels, weight=self.weight)
+
+
+class LogitAdjustedCrossEntropy(nn.Module):
+    """Logit-adjusted cross-entropy (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021)::
+
+        loss = CE(z + tau * log pi, y) = -log(pi_y^tau e^{z_y} / sum_j pi_j^tau e^{z_j})
+
+    with ``pi = N / sum(N)`` the class prior of the training counts. At ``tau = 1`` it is the Balanced Softmax
+    (Ren et al., NeurIPS 2020), ``-log(N_y e^{z_y} / sum_j N_j e^{z_j})``; at ``tau = 0`` plain
+    cross-entropy. Trained on a stream whose class prior is ``pi``, the logits ``z`` learn the posterior for the
+    prior ``pi^(1 - tau)`` (uniform at tau = 1): predict with ``z`` alone. On a stream that is class-balanced
+    already (the class-aware sampler of stage 2) the adjustment balances twice, and ``z`` learns the prior
+    ``pi^(-tau)`` (the "over-balance" Ren et al. describe); see
+    :func:`mislas_hf.calibration.effective_training_prior`.
+
+    ``log pi`` lives in the non-persistent buffer ``log_prior`` (shape ``[K]``).
+    """
+
+    def __init__(self, class_counts, tau=1.0):
+        super().__init__()
+        counts = check_class_counts(class_counts)
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"tau={tau} must be a finite number >= 0 (1: Balanced Softmax, 0: cross-entropy)")
+        self.tau = float(tau)
+        self.register_buffer("log_prior", torch.from_numpy(np.log(counts / counts.sum())).float(), persistent=False)
+
+    def forward(self, logits, labels):
+        """Mean logit-adjusted CE of ``logits`` ``[N, K]`` against integer ``labels`` ``[N]``, in float32."""
+        _check_logits_and_labels(logits, labels, len(self.log_prior))
+        return F.cross_entropy(logits.float() + self.tau * self.log_prior, labels)
 
 
 def mixup_batch(pixel_values, labels, alpha, generator=None):

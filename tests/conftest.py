@@ -43,7 +43,7 @@ def splits_dir() -> Path:
 
 
 class RecordingHfApi:
-    """Stand-in for `huggingface_hub.HfApi` inside `mislas_hf.modelcard` (the tests never reach the network): records
+    """Stand-in for `huggingface_hub.HfApi` inside `mislas_hf.hub_upload` (the tests never reach the network): records
     each call, and for `upload_folder` the repo id, message, revision and the bytes of every file it would upload
     (the folder's files that `allow_patterns` / `ignore_patterns` and huggingface_hub's own ignore patterns keep, as
     `HfApi.upload_folder` selects them), read when the upload is made."""
@@ -73,13 +73,13 @@ class RecordingHfApi:
 
 @pytest.fixture(scope="module")
 def hub_uploads():
-    """The Hub calls of `mislas_hf.modelcard.push_model_folder` made by this module's tests, in order (no
+    """The Hub calls of `mislas_hf.hub_upload.push_model_folder` made by this module's tests, in order (no
     network)."""
-    import mislas_hf.modelcard
+    import mislas_hf.hub_upload
 
     uploads = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mislas_hf.modelcard, "HfApi", lambda: RecordingHfApi(uploads))
+        patch.setattr(mislas_hf.hub_upload, "HfApi", lambda: RecordingHfApi(uploads))
         yield uploads
 
 
@@ -387,3 +387,251 @@ def ref_resnet():
 def ref_bottleneck():
     """The class `RefBottleneck(inplanes, planes, stride=1, downsample=None)`: torchvision's Bottleneck (v1.5)."""
     return RefBottleneck
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quick training runs whose saved models the jobs on a saved model take (tests/scripts/test_evaluate.py,
+# tests/scripts/test_calibrate.py): each trained once per session, with a hold-out and its data options recorded.
+# ----------------------------------------------------------------------------------------------------------------
+
+QUICK_STAGE1_FLAGS = [
+    "--stage", "1", "--max_steps", "10", "--learning_rate", "0.02", "--mixup_alpha", "0", "--seed", "0",
+    "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--dataloader_num_workers", "0",
+    "--save_strategy", "no", "--report_to", "none", "--logging_steps", "5",
+]
+"""Stage 1 for 10 steps at a learning rate that keeps a barely trained ResNet-32 better than chance on held-out
+images (a temperature then has a finite optimum)."""
+OWN_DATA_IMAGES = {"airplane": (120, 5, 4), "automobile": (30, 5, 4), "frog": (60, 5, 4)}
+"""`own_data_run`: per class (a CIFAR-10 class name), the images of its `train/`, `test/` and `other_test/` folders."""
+
+
+@pytest.fixture(scope="session")
+def own_data_run(cifar10_dir, tmp_path_factory):
+    """A stage-1 ResNet-32 trained on your own data (no --dataset): imagefolders of real CIFAR-10 PNGs written here,
+    `DATA/train` and `DATA/test` (`OWN_DATA_IMAGES`; the test images come from CIFAR-10's test split) with a 20 %
+    hold-out and Many > 50 >= Medium >= 30 > Few; `DATA/other_test` holds other test images of the same classes.
+    Returns (run folder, DATA); the model is `RUN/stage1`."""
+    import pyarrow.parquet as pq
+
+    from mislas_hf.data import BENCHMARKS
+    from mislas_hf.scripts.arguments import parse_arguments
+    from mislas_hf.scripts.train import train
+
+    names = BENCHMARKS["cifar10-lt"].class_names
+    data_dir = tmp_path_factory.mktemp("own_data")
+    for split, parquet, first, which in (("train", "train", 0, 0), ("test", "test", 0, 1), ("other_test", "test", 5, 2)):
+        rows = next(pq.ParquetFile(cifar10_dir / f"{parquet}-00000-of-00001.parquet").iter_batches(batch_size=3000))
+        by_class = {}
+        for image, label in zip(rows.column("img").to_pylist(), rows.column("label").to_pylist()):
+            by_class.setdefault(names[label], []).append(image["bytes"])
+        for name, numbers in OWN_DATA_IMAGES.items():
+            (data_dir / split / name).mkdir(parents=True)
+            for index, png in enumerate(by_class[name][first : first + numbers[which]]):
+                (data_dir / split / name / f"{index:03d}.png").write_bytes(png)
+    output_dir = tmp_path_factory.mktemp("own_data_run")
+    train(*parse_arguments([
+        "--train_dir", str(data_dir / "train"), "--test_dir", str(data_dir / "test"),
+        "--validation_split_percentage", "20", "--many_shot_threshold", "50", "--few_shot_threshold", "30",
+        "--output_dir", str(output_dir), *QUICK_STAGE1_FLAGS,
+    ])[:3])
+    return output_dir, data_dir
+
+
+@pytest.fixture(scope="session")
+def cifar10_lt_run(cifar10_dir, tmp_path_factory):
+    """A stage-1 ResNet-32 trained on CIFAR-10-LT IF 100 (recipes/configs/cifar10_lt_if100.yaml, the local copy of
+    CIFAR-10 as --dataset_name) with a 2 % hold-out (250 images), 400 training and 200 test images. Returns the run
+    folder; the model is `RUN/stage1`."""
+    from mislas_hf.scripts.arguments import parse_arguments
+    from mislas_hf.scripts.train import train
+
+    output_dir = tmp_path_factory.mktemp("cifar10_lt_run")
+    train(*parse_arguments([
+        "--config", str(REPO_ROOT / "recipes/configs/cifar10_lt_if100.yaml"), "--dataset_name", str(cifar10_dir),
+        "--validation_split_percentage", "2", "--max_train_samples", "400", "--max_eval_samples", "200",
+        "--output_dir", str(output_dir), *QUICK_STAGE1_FLAGS,
+    ])[:3])
+    return output_dir
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A saved model as a user without mislas_hf loads it: from a Hub-layout cache, offline, with trust_remote_code
+# ----------------------------------------------------------------------------------------------------------------
+
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+WITHOUT_PACKAGE_SCRIPT = """
+import importlib.abc, json, sys
+
+class RefuseMislasHf(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "mislas_hf" or name.startswith("mislas_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, RefuseMislasHf())
+try:
+    import mislas_hf
+    sys.exit("mislas_hf is importable in the process that should not have it")
+except ModuleNotFoundError:
+    pass
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+repo_id, image_path, pixels_path, out_path = sys.argv[1:5]
+model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(torch.load(pixels_path)).logits
+classifier = pipeline("image-classification", model=repo_id, trust_remote_code=True)
+predictions = classifier(Image.open(image_path), top_k=model.config.num_labels)
+loaded = sorted(name for name in sys.modules if name.split(".")[0] == "mislas_hf")
+with open(out_path, "w") as handle:
+    json.dump({"logits": logits.tolist(), "predictions": predictions, "model_module": type(model).__module__,
+               "mislas_hf_modules": loaded}, handle)
+"""
+
+
+def save_to_hub_cache(model, processor, cache, repo_id):
+    """`model` and its image `processor` saved in `cache` as huggingface_hub stores a download of `repo_id`
+    (`models--ORG--NAME/refs/main` naming revision `HUB_REVISION`, files under `snapshots/<revision>/`)."""
+    repo_folder = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    model.save_pretrained(repo_folder / "snapshots" / HUB_REVISION)
+    processor.save_pretrained(repo_folder / "snapshots" / HUB_REVISION)
+    (repo_folder / "refs").mkdir(exist_ok=True)
+    (repo_folder / "refs" / "main").write_text(HUB_REVISION)
+    return repo_folder / "snapshots" / HUB_REVISION
+
+
+def load_without_package(cache, repo_id, image_path, pixel_values_path, work_dir):
+    """Logits (of the tensor saved at `pixel_values_path`) and pipeline predictions (of the image at `image_path`)
+    of `repo_id` in the Hub-layout `cache`, from a fresh interpreter that cannot import mislas_hf, offline, through
+    AutoModelForImageClassification and pipeline("image-classification") with trust_remote_code; checks that the
+    model class came from the repo's code files and that no mislas_hf module was loaded."""
+    import json
+    import subprocess
+    import sys
+
+    work_dir = Path(work_dir)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON", "TRANSFORMERS"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_HOME=str(work_dir / "hf_home"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")
+    out_path = work_dir / f"without_package_{repo_id.replace('/', '--')}.json"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PACKAGE_SCRIPT, repo_id, str(image_path), str(pixel_values_path), str(out_path)],
+        cwd=work_dir, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(out_path.read_text())
+    assert outputs["mislas_hf_modules"] == []
+    assert outputs["model_module"].startswith("transformers_modules.")  # the code files shipped in the repo
+    return outputs
+
+
+@pytest.fixture(name="save_to_hub_cache", scope="session")
+def save_to_hub_cache_fixture():
+    """``save_to_hub_cache(model, processor, cache, repo_id)``: a model folder laid out as a Hub download."""
+    return save_to_hub_cache
+
+
+@pytest.fixture(name="load_without_package", scope="session")
+def load_without_package_fixture():
+    """``load_without_package(cache, repo_id, image_path, pixel_values_path, work_dir)``: logits and pipeline
+    predictions of a cached repo, from a process without mislas_hf (trust_remote_code, offline)."""
+    return load_without_package
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny random checkpoints of transformers vision models, the backbones of issue 23 (tests/test_backbones.py,
+# tests/scripts/test_train_backbones.py): each saved once per session as a user's `--model_name_or_path` folder.
+# ----------------------------------------------------------------------------------------------------------------
+
+def _tiny_vision_model_and_processor(kind):
+    """A tiny seeded model of `kind` (its image classifier, or for CLIP the whole text + vision model) and the image
+    processor saved with it (32x32 model inputs)."""
+    from transformers import (
+        BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, ConvNextConfig, ConvNextForImageClassification,
+        ConvNextImageProcessor, Dinov2Config, Dinov2ForImageClassification, EfficientNetConfig,
+        EfficientNetForImageClassification, EfficientNetImageProcessor, SwinConfig, SwinForImageClassification,
+        ViTConfig, ViTForImageClassification, ViTImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    square = {"height": 32, "width": 32}
+    transformer = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    if kind == "vit":
+        return (ViTForImageClassification(ViTConfig(intermediate_size=32, num_labels=5, **transformer)),
+                ViTImageProcessor(size=square, image_mean=[0.5] * 3, image_std=[0.5] * 3))
+    if kind == "convnext":
+        config = ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, patch_size=4, num_labels=5)
+        return ConvNextForImageClassification(config), ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    if kind == "dinov2":
+        return (Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, num_labels=5, **transformer)),
+                BitImageProcessor(size={"shortest_edge": 36}, crop_size=square))
+    if kind == "clip":
+        text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+        vision = dict(intermediate_size=32, **transformer)
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+        return CLIPModel(config), CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=square)
+    if kind == "swin":
+        config = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4,
+                            num_labels=5)
+        return SwinForImageClassification(config), ViTImageProcessor(size=square)
+    if kind == "efficientnet":
+        config = EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320,
+                                    num_labels=5)
+        return (EfficientNetForImageClassification(config),
+                EfficientNetImageProcessor(size=square, crop_size=square, resample=2))  # bilinear
+    if kind == "timm":
+        import timm
+
+        return timm.create_model("test_efficientnet"), None
+    raise ValueError(f"no tiny vision checkpoint of kind {kind!r}")
+
+
+def _informative_weights(model):
+    """Kaiming-normal (fan-in) convolutions and BN scales near 1, so that the features of a deep random network still
+    depend on its input (EfficientNet's initialisation, normal(0, 0.02) for both, makes them vanish), and BN biases and
+    running statistics moved off their initial 0 / 1, so that eval-mode batch norm is not an identity."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_checkpoint(tmp_path_factory):
+    """``tiny_vision_checkpoint(kind)``: the folder of a tiny random checkpoint, saved once per session as
+    `save_pretrained` writes it, with its image processor: `vit`, `convnext`, `dinov2`, `swin`, `efficientnet` (their
+    `*ForImageClassification`, 5 ImageNet-style labels), `clip` (a whole `CLIPModel`, text tower included) and
+    `timm` (timm's `test_efficientnet`, 1000 classes, in the Hub layout of timm models, written by `mislas_hf.convert.convert_timm`
+    from its state dict; its processor is its `pretrained_cfg`, 160 px)."""
+    folders = {}
+
+    def get(kind):
+        if kind not in folders:
+            folder = tmp_path_factory.mktemp(f"tiny_{kind}")
+            model, processor = _tiny_vision_model_and_processor(kind)
+            _informative_weights(model)
+            if kind == "timm":
+                from mislas_hf.convert import convert_timm
+
+                torch.save(model.state_dict(), folder / "state_dict.pth")
+                folder = convert_timm(folder / "state_dict.pth", "test_efficientnet", folder / "hub")
+            else:
+                model.save_pretrained(folder)
+                processor.save_pretrained(folder)
+            folders[kind] = folder
+        return folders[kind]
+
+    return get

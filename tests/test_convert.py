@@ -75,7 +75,7 @@ def test_converted_model_reproduces_reference_logits(
         assert "labels are `class_<k>` and the original class ids are unknown" in card
     assert sorted(os.listdir(output_dir)) == [
         "README.md", "config.json", "configuration_mislas.py", "model.safetensors", "modeling_mislas.py",
-        "preprocessor_config.json",
+        "modeling_resnet_backbones.py", "modeling_vision_backbones.py", "preprocessor_config.json",
     ]
     assert not [name for name in os.listdir(tmp_path) if "converting" in name]  # no staging folder left behind
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mislas_hf.losses import (
     ClassBalancedCrossEntropy,
     LabelAwareSmoothingLoss,
+    LogitAdjustedCrossEntropy,
     label_aware_smoothing_factors,
     mixup_batch,
     mixup_loss,
@@ -304,3 +305,34 @@ def test_mixup_loss_combines_both_label_sets():
     logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
     loss = mixup_loss(F.cross_entropy, logits, torch.tensor([0]), torch.tensor([1]), 0.3)
     assert loss.item() == pytest.approx(0.3 * math.log(4) + 0.7 * math.log(4 / 3), rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_logit_adjusted_cross_entropy_is_cross_entropy_of_adjusted_logits(tau):
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(12, 5, generator=generator) * 3
+    labels = torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 2, 4])
+    criterion = LogitAdjustedCrossEntropy(COUNTS, tau=tau)
+    log_prior = np.log(np.array(COUNTS, dtype=np.float64) / sum(COUNTS))  # COUNTS sum to 32
+    adjusted = logits.double().numpy() + tau * log_prior
+    log_softmax = adjusted - np.log(np.exp(adjusted).sum(axis=1, keepdims=True))
+    expected = -log_softmax[np.arange(12), labels.numpy()].mean()
+    assert criterion(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # with mixup (stage 1): the same criterion on both label sets
+    shuffled = labels.flip(0)
+    mixed = mixup_loss(criterion, logits, labels, shuffled, 0.3)
+    expected_b = -log_softmax[np.arange(12), shuffled.numpy()].mean()
+    assert mixed.item() == pytest.approx(0.3 * expected + 0.7 * expected_b, rel=1e-6)
+
+
+def test_logit_adjusted_cross_entropy_at_tau_one_is_balanced_softmax():
+    """Balanced Softmax (Ren et al. 2020): -log(n_y e^{z_y} / sum_j n_j e^{z_j}), with the raw counts n."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, 1.5], [-0.5, 0.3, 2.2, -1.2, 0.1]])
+    labels = torch.tensor([2, 4])
+    counts = np.array(COUNTS, dtype=np.float64)
+    z = logits.double().numpy()
+    per_image = [
+        -math.log(counts[y] * math.exp(z[i, y]) / np.sum(counts * np.exp(z[i]))) for i, y in enumerate(labels.tolist())
+    ]
+    assert LogitAdjustedCrossEntropy(COUNTS).tau == 1.0
+    assert LogitAdjustedCrossEntropy(COUNTS)(logits, labels).item() == pytest.approx(np.mean(per_image), rel=1e-6)

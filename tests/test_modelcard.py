@@ -1,7 +1,9 @@
-"""mislas_hf.modelcard: model cards (metadata, model-index, body) and the push (`HfApi.upload_folder`, one commit)."""
+"""mislas_hf.modelcard (with its sections and metrics): model cards (metadata, model-index, body), and
+mislas_hf.hub_upload: the push (`HfApi.upload_folder`, one commit)."""
 
 import base64
 import json
+import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +17,9 @@ from huggingface_hub import ModelCard
 from mislas_hf import MislasConfig
 from mislas_hf.calibration import calibration_metrics, confidence_and_correctness, reliability_diagram
 from mislas_hf.data import BENCHMARKS
-from mislas_hf.modelcard import build_model_card, push_model_folder, write_model_card
+from mislas_hf.hub_upload import push_model_folder
+from mislas_hf.modelcard import build_model_card, write_model_card
+from mislas_hf.modelcard_sections import TrainingLength
 
 CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR_PREPROCESSING = BENCHMARKS["cifar10-lt"].preprocessing.description()
@@ -271,8 +275,8 @@ def test_push_uploads_the_folder_in_one_commit_without_leaking_the_token(model_f
         if path.is_file() and ".cache" not in path.parts
     }
     assert set(local) == {
-        "config.json", "model.safetensors", "configuration_mislas.py", "modeling_mislas.py", "README.md",
-        "reliability_diagram.png",
+        "config.json", "model.safetensors", "configuration_mislas.py", "modeling_mislas.py",
+        "modeling_resnet_backbones.py", "modeling_vision_backbones.py", "README.md", "reliability_diagram.png",
     }
 
     info = push_model_folder(folder, MODEL_ID, "MiSLAS CIFAR-10-LT, stage 2", private=True)
@@ -349,3 +353,37 @@ def test_brier_score_outside_its_range_is_rejected(model_folder):
     folder, _, trainer_metrics = model_folder
     with pytest.raises(ValueError, match=r"metrics\['eval_brier'\] = 2.5 is outside \[0, 2\]"):
         write_card(folder, trainer_metrics | {"eval_brier": 2.5})
+
+
+def test_card_states_the_steps_and_epochs_trained_not_the_configured_ones(model_folder):
+    folder, _, trainer_metrics = model_folder
+    steps_per_epoch = math.ceil(sum(CIFAR10_LT_COUNTS) / 128)  # 12406 images in batches of 128: 97
+    yaml = TRAINING_YAML + "stage1_epochs: 200\n"
+    cut_short = TrainingLength(steps=40, epochs=40 / steps_per_epoch, planned_steps=40, images_per_step=128,
+                               configured_epochs=200, max_steps=40)
+    text = write_card(folder, trainer_metrics, training=cut_short, training_config_yaml=yaml).read_text()
+    stated = (
+        f"**Length of training (this stage):** 40 optimizer steps of 128 images, {40 / steps_per_epoch:.4g} epochs "
+        "of the training set: `--max_steps 40` set the length, in place of the 200 epochs of the configuration."
+    )
+    assert stated in text
+    assert text.index("## Training") < text.index(stated) < text.index("stage1_epochs: 200")
+
+    full = TrainingLength(steps=200 * steps_per_epoch, epochs=200.0, planned_steps=200 * steps_per_epoch,
+                          images_per_step=128, configured_epochs=200)
+    text = write_card(folder, trainer_metrics, training=full).read_text()
+    assert f"{200 * steps_per_epoch} optimizer steps of 128 images, 200 epochs of the training set, as configured." \
+        in text
+
+    stopped = TrainingLength(steps=150, epochs=150 / steps_per_epoch, planned_steps=200 * steps_per_epoch,
+                             images_per_step=128, configured_epochs=200)
+    text = write_card(folder, trainer_metrics, training=stopped).read_text()
+    assert f"{150 / steps_per_epoch:.4g} epochs of the training set: stopped before the {200 * steps_per_epoch} " \
+           "steps (200 epochs) planned." in text
+
+
+def test_card_of_weights_not_trained_here_states_no_length(model_folder):
+    folder, _, trainer_metrics = model_folder
+    assert "Length of training" not in write_card(folder, trainer_metrics).read_text()
+    with pytest.raises(ValueError, match="TrainingLength.steps = 0: .* pass training=None"):
+        TrainingLength(steps=0, epochs=0.0, planned_steps=10, images_per_step=128, configured_epochs=200)

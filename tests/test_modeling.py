@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.modeling_mislas import MislasCifarBasicBlock
+from mislas_hf.modeling_resnet_backbones import MislasCifarBasicBlock
 
 CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 

@@ -99,9 +99,24 @@ def test_compare_calibration_rejects_an_unknown_row_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def finished_test_priors(compare, index):
+    """An `eval_test_priors` record as recipes/evaluate_model.py writes it, with distinct made-up metrics per subset
+    and prior mode (`index` tells rows apart)."""
+    names = ["forward50", "forward25", "forward10", "forward5", "forward2", "uniform", "backward2", "backward5",
+             "backward10", "backward25", "backward50"]
+    subsets = {}
+    for position, name in enumerate(names):
+        subsets[name] = {"subset": {"name": name, "class_counts": [1] * 10, "images": 10}}
+        for offset, mode in enumerate(compare.PRIOR_MODES):
+            value = 0.001 * (100 * index + 3 * position + offset)
+            subsets[name][mode] = {"accuracy": 0.5 + value, "ece": value, "nll": 1 + value}
+    return {"model_prior": [0.1] * 10, "prior_estimation": {"calibration": "bcts"}, "subsets": subsets}
+
+
 def test_compare_calibration_keeps_finished_rows_and_tabulates_them(tmp_path):
-    """Rows whose eval_results.json exists are not redone (resuming), and the table shows their numbers: here every
-    row is finished, so nothing trains and the table comes from the folders alone."""
+    """Rows whose eval_results.json exists are not redone (resuming), and the tables show their numbers: here every
+    row is finished, and every row but `ce` also has its evaluation on the test priors, so nothing trains or
+    evaluates and both tables come from the folders alone (without --test_priors the missing one is not run)."""
     from matplotlib.figure import Figure
 
     compare = load_recipe("compare_calibration")
@@ -115,29 +130,68 @@ def test_compare_calibration_keeps_finished_rows_and_tabulates_them(tmp_path):
         metrics = {f"eval_{key}": 0.01 * (index + 1) + 0.001 * position
                    for position, (_, key, _) in enumerate(compare.COLUMNS)}
         (folder / "eval_results.json").write_text(json.dumps(metrics))
-        temperature = [1.5, 2.5] if compare.ROWS[row][2] == "classwise_temperature" else 1.0 + 0.25 * index
-        if compare.ROWS[row][2] is None:
-            temperature = 1.0
-        (folder / "config.json").write_text(json.dumps({"temperature": temperature}))
+        method = compare.ROWS[row][2]
+        temperature = [1.5, 2.5] if method == "classwise_temperature" else 1.0 + 0.25 * index
+        temperature = 1.0 if method is None or method == "logit_adjustment" else temperature
+        tau = 0.5 + 0.1 * index if method in ("logit_adjustment", "logit_adjustment_temperature") else None
+        config = {"temperature": temperature, "calibration": None if method is None else {"method": method}}
+        if tau is not None:
+            config["calibration"]["tau"] = tau
+        (folder / "config.json").write_text(json.dumps(config))
         Figure(figsize=(1, 1)).savefig(folder / "reliability_diagram.png")
-        expected[row] = (metrics, temperature)
+        test_priors = None
+        if row != "ce":
+            test_priors = finished_test_priors(compare, index)
+            compare.test_prior_dir(tmp_path, row).mkdir(parents=True)
+            (compare.test_prior_dir(tmp_path, row) / "eval_results.json").write_text(
+                json.dumps({"eval_accuracy": 0.5, "eval_test_priors": test_priors}))
+        expected[row] = (metrics, temperature, tau, test_priors)
     results = compare.main(["--output_dir", str(tmp_path), "--dataset_name", "/nonexistent"])
     assert list(results) == list(compare.ROWS)
-    table = (tmp_path / "results.md").read_text().splitlines()
-    for row, line in zip(compare.ROWS, table[2:]):
-        metrics, temperature = expected[row]
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    for row, line in zip(compare.ROWS, lines[2:]):
+        metrics, temperature, tau, _ = expected[row]
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == compare.ROWS[row][0]
         for cell, (_, key, percent) in zip(cells[1:], compare.COLUMNS):
             value = metrics[f"eval_{key}"]
             assert cell == (f"{100 * value:.2f}" if percent else f"{value:.3f}")
         if isinstance(temperature, list):
-            assert cells[-1] == "1.50-2.50"
+            assert cells[-2] == "1.50-2.50"
         else:
-            assert cells[-1] == ("–" if temperature == 1.0 else f"{temperature:.3f}")
+            assert cells[-2] == ("–" if temperature == 1.0 else f"{temperature:.3f}")
+        assert cells[-1] == ("–" if tau is None else f"{tau:.3f}")
     assert json.loads((tmp_path / "results.json").read_text())["mislas_ts"]["metrics"]["ece"] == pytest.approx(
         expected["mislas_ts"][0]["eval_ece"])
+    # the second table: per metric, a row per calibration row with test priors, "as trained / known / EM" per subset
+    for title, key, percent in compare.TEST_PRIOR_COLUMNS:
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"**{title} ("))
+        header = [cell.strip() for cell in lines[start + 2].strip("|").split("|")]
+        assert header == ["Row", *finished_test_priors(compare, 0)["subsets"]]
+        table_rows = [row for row in compare.ROWS if row != "ce"]
+        for row, line in zip(table_rows, lines[start + 4:]):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            assert cells[0] == compare.ROWS[row][0]
+            for subset, cell in zip(header[1:], cells[1:]):
+                values = [expected[row][3]["subsets"][subset][mode][key] for mode in compare.PRIOR_MODES]
+                assert cell == " / ".join(f"{100 * v:.2f}" if percent else f"{v:.3f}" for v in values)
+        assert lines[start + 4 + len(table_rows)] == ""  # `ce` has no evaluation on the test priors: no line
+    assert "test_priors" not in results["ce"] and results["mislas"]["test_priors"] == expected["mislas"][3]
     assert (tmp_path / "reliability_diagrams.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_calibration_trains_balanced_softmax_with_the_logit_adjusted_loss():
+    """The Balanced Softmax model: stage 1, no mixup, the logit-adjusted loss at tau = 1 (Ren et al. 2020)."""
+    from mislas_hf.scripts.arguments import parse_arguments
+
+    compare = load_recipe("compare_calibration")
+    _, data_args, training_args, _ = parse_arguments(
+        ["--config", str(compare.CONFIG), *compare.MODELS["balanced_softmax"][1], "--output_dir", "/nonexistent"]
+    )
+    assert (training_args.stage, training_args.mixup_alpha) == ("1", 0.0)
+    assert (training_args.stage1_loss, training_args.logit_adjustment_tau) == ("logit_adjusted", 1.0)
+    assert [compare.ROWS[row][2] for row in ("mislas_balanced_ts", "crt_mixup_balanced_ts", "ce_la", "ce_la_ts")] == [
+        "balanced_temperature", "balanced_temperature", "logit_adjustment", "logit_adjustment_temperature"]
 
 
 def test_reproduce_reads_a_finished_stage_instead_of_training_it(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -13,10 +14,11 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 import mislas_hf  # noqa: F401  (registers the model type)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "saved_by_0_1_0"
+FIXTURES_880BE06 = Path(__file__).parent / "fixtures" / "saved_by_880be06"
 
 
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location("make_fixture", FIXTURE / "make_fixture.py")
+def _fixture_module(fixture: Path = FIXTURE):
+    spec = importlib.util.spec_from_file_location(f"make_fixture_{fixture.name}", fixture / "make_fixture.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,3 +51,24 @@ def test_cifar_resnet32_stage2_with_temperature_saved_by_0_1_0_gives_the_same_lo
     assert list(processor.image_mean) == written_processor["image_mean"]
     assert list(processor.image_std) == written_processor["image_std"]
     assert processor.size == {"shortest_edge": 32}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet152_places"])
+def test_imagenet_family_folders_saved_at_880be06_give_the_same_logits(tmp_path, name):
+    """ImageNet-LT's ResNet-50 (stage 1, scalar temperature) and Places-LT's ResNet-152 without layer4.2 plus the
+    extra block (frozen backbone, stage 2, MiSLAS head, shifted BN), as the code before issue 23 saved them."""
+    fixture = FIXTURES_880BE06 / name
+    for file in ("config.json", "preprocessor_config.json"):
+        shutil.copy(fixture / file, tmp_path / file)
+    layout = json.loads((fixture / "tensors.json").read_text())
+    save_file(_fixture_module().fill_state_dict(layout), tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert set(model.state_dict()) == set(layout)  # every saved tensor has its place, none is new
+    with torch.no_grad():
+        logits = model(_fixture_module().fixture_pixel_values()).logits
+    expected = np.array(json.loads((fixture / "expected_logits.json").read_text()))
+    # logits of up to ~31 in float32 (one ulp ~2e-6): 1e-6 relative, 1e-6 absolute
+    np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-6, atol=1e-6)
+    written = json.loads((fixture / "config.json").read_text())
+    for key in ("backbone", "extra_block", "freeze_backbone", "stage", "head_mode", "shift_bn", "temperature"):
+        assert getattr(model.config, key) == written[key]

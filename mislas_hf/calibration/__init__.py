@@ -1,11 +1,17 @@
-"""Accuracy and calibration of MiSLAS (Zhong et al., CVPR 2021) classifiers, in three modules:
+"""Accuracy and calibration of MiSLAS (Zhong et al., CVPR 2021) classifiers, in four modules:
 
 * :mod:`~mislas_hf.calibration.metrics`: the metrics and their binning (read its docstring for how the ECE bins
   differ from the authors' code and from torchmetrics): :func:`calibration_bins` / :class:`CalibrationBins`, the
   ECE family (top-1, maximum, classwise, adaptive), the Brier score, the NLL, top-k accuracy, the Many / Medium /
   Few :func:`class_groups`, :func:`calibration_metrics` and its ``Trainer`` callback :func:`compute_metrics`.
 * :mod:`~mislas_hf.calibration.temperature`: post-hoc temperature scaling (Guo et al., ICML 2017) fit on held-out
-  data, scalar (:func:`fit_temperature`) and class-wise (:func:`fit_classwise_temperatures`).
+  data, scalar (:func:`fit_temperature`, optionally with per-image weights) and class-wise
+  (:func:`fit_classwise_temperatures`).
+* :mod:`~mislas_hf.calibration.label_shift`: calibration under label shift (the test prior differs from the
+  training and hold-out priors): source priors (:func:`effective_training_prior`, :func:`model_source_prior`), the
+  hold-out weights of balanced temperature scaling (:func:`prior_weights`), logit biases (:func:`prior_correction`,
+  :func:`logit_adjustment`, :func:`apply_calibration`), fits (:func:`fit_logit_adjustment`,
+  :func:`fit_bias_corrected_temperature`) and the EM estimate of a test prior (:func:`estimate_target_prior`).
 * :mod:`~mislas_hf.calibration.plots`: reliability diagrams as in the paper's Figs. 1 and 4
   (:func:`draw_reliability_diagram`, :func:`reliability_diagram`, :func:`combine_reliability_diagrams`).
 
@@ -15,6 +21,21 @@ package depends on, and is re-exported for the code that imported it from here.
 """
 
 from ..class_counts import check_class_counts
+from .label_shift import (
+    BiasCorrectedTemperature,
+    LogitAdjustment,
+    PriorEstimate,
+    apply_calibration,
+    class_prior,
+    effective_training_prior,
+    estimate_target_prior,
+    fit_bias_corrected_temperature,
+    fit_logit_adjustment,
+    logit_adjustment,
+    model_source_prior,
+    prior_correction,
+    prior_weights,
+)
 from .metrics import (
     CalibrationBins,
     adaptive_expected_calibration_error,
@@ -51,6 +72,20 @@ __all__ = [
     # temperature
     "fit_classwise_temperatures",
     "fit_temperature",
+    # label shift
+    "BiasCorrectedTemperature",
+    "LogitAdjustment",
+    "PriorEstimate",
+    "apply_calibration",
+    "class_prior",
+    "effective_training_prior",
+    "estimate_target_prior",
+    "fit_bias_corrected_temperature",
+    "fit_logit_adjustment",
+    "logit_adjustment",
+    "model_source_prior",
+    "prior_correction",
+    "prior_weights",
     # plots
     "combine_reliability_diagrams",
     "draw_reliability_diagram",

@@ -28,8 +28,17 @@ RESIZE_RATIO = 256 / 224
 CONVNEXT_NO_CROP_SIZE = 384
 """`ConvNextImageProcessor` (also the ResNet checkpoints' processor) resizes to `shortest_edge / crop_pct` and
 centre-crops only below this size; from it on it resizes without a crop."""
-RESAMPLING = {"bilinear": PILImageResampling.BILINEAR, "bicubic": PILImageResampling.BICUBIC}
-"""Resampling filters the transforms implement (antialiased), by name, with their PIL codes."""
+RESAMPLING = {
+    "nearest": PILImageResampling.NEAREST,
+    "bilinear": PILImageResampling.BILINEAR,
+    "bicubic": PILImageResampling.BICUBIC,
+    "box": PILImageResampling.BOX,
+    "hamming": PILImageResampling.HAMMING,
+    "lanczos": PILImageResampling.LANCZOS,
+}
+"""The resampling filters of PIL, which transformers image processors name by their PIL codes (`resample`: 0 nearest,
+e.g. google/efficientnet-*; 2 bilinear; 3 bicubic; 1 lanczos) and timm data configs by name (`interpolation`), with
+those codes. The transforms resize as PIL does with each (`data.transforms.resize_image`)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,15 @@ class Preprocessing:
     @classmethod
     def from_image_processor(cls, processor, augmentation: str) -> Preprocessing:
         """The preprocessing a checkpoint's image processor describes (`shortest_edge` with `crop_pct` as the ConvNeXt
-        and ResNet processors give them, or `size` + `crop_size`), trained with the reference's `augmentation`.
-        `ValueError` naming the processor when its resampling filter is not one the transforms implement."""
+        and ResNet processors give them, or `size` + `crop_size` when it centre-crops, or a timm `pretrained_cfg`'s
+        data config), trained with the reference's `augmentation`. A `height` x `width` resize is read as the resize
+        of the shorter side (the same for square images). Any of PIL's filters (`RESAMPLING`); `ValueError` naming
+        the processor when its `resample` is none of them."""
+        if hasattr(processor, "data_config"):  # TimmWrapperImageProcessor: timm's resolved data config
+            return cls._from_timm_data_config(processor.data_config, augmentation)
         size = dict(processor.size)
-        crop = getattr(processor, "crop_size", None)
+        # a crop_size the processor does not apply (do_center_crop false, e.g. google/efficientnet-*) crops nothing
+        crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", True) else None
         if "shortest_edge" in size and crop is None:  # ConvNeXt / ResNet: crop_pct applies below 384 px only
             image_size = size["shortest_edge"]
             crop_pct = (getattr(processor, "crop_pct", None) or 1.0) if image_size < CONVNEXT_NO_CROP_SIZE else 1.0
@@ -100,14 +114,70 @@ class Preprocessing:
             resize_size = size.get("shortest_edge", min(size.get("height", 0), size.get("width", 0)))
             image_size = min(crop["height"], crop["width"]) if crop else resize_size
             crop_pct = image_size / resize_size
-        resample = {code: name for name, code in RESAMPLING.items()}.get(PILImageResampling(processor.resample))
+        resample = {code: name for name, code in RESAMPLING.items()}.get(processor.resample)
         if resample is None:
             raise ValueError(
-                f"{type(processor).__name__} resamples with {PILImageResampling(processor.resample).name}: the "
-                f"transforms implement {', '.join(RESAMPLING)} only"
+                f"{type(processor).__name__} resamples with {processor.resample!r}, not one of PIL's filters "
+                f"({', '.join(f'{code} {name}' for name, code in RESAMPLING.items())}): set its resample to one of them"
+            )
+        mean, std = cls._processor_normalisation(processor)
+        return cls(augmentation, image_size, crop_pct, mean, std, resample)
+
+    @staticmethod
+    def _processor_normalisation(processor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-channel mean and std, on pixels scaled to [0, 1], of what an image processor does to pixel values
+        p: rescale by `rescale_factor` (k = 255 x rescale_factor; k = 255 without `do_rescale`), minus 1 with
+        EfficientNet's `rescale_offset`, normalise with `image_mean` m and `image_std` s (`do_normalize`), and divide
+        by s once more with EfficientNet's `include_top` (google/efficientnet-* store the square root of the std they
+        normalise with): ((k p - o - m) / s) / t = (p - (m + o) / k) / (s t / k)."""
+        channels = len(processor.image_mean)
+        scale = 255 * processor.rescale_factor if processor.do_rescale else 255.0
+        offset = 1.0 if processor.do_rescale and getattr(processor, "rescale_offset", False) else 0.0
+        if processor.do_normalize:
+            mean, std = processor.image_mean, processor.image_std
+        else:
+            mean, std = [0.0] * channels, [1.0] * channels
+        second_std = processor.image_std if getattr(processor, "include_top", False) else [1.0] * channels
+        return (
+            tuple((m + offset) / scale for m in mean),
+            tuple(s * t / scale for s, t in zip(std, second_std)),
+        )
+
+    @classmethod
+    def _from_timm_data_config(cls, data_config: dict, augmentation: str) -> Preprocessing:
+        """`from_image_processor` for a timm model: `input_size` (3, H, W) centre-cropped at `crop_pct` of the
+        resized shorter side (`crop_mode` center), `interpolation`, `mean`, `std`."""
+        _, height, width = data_config["input_size"]
+        if data_config.get("crop_mode", "center") != "center" or height != width:
+            raise ValueError(
+                f"the timm data config {data_config} crops a {height}x{width} input with crop_mode "
+                f"{data_config.get('crop_mode')!r}: the transforms implement square centre crops only"
+            )
+        resample = data_config.get("interpolation", "bilinear")
+        if resample not in RESAMPLING:
+            raise ValueError(
+                f"the timm data config resamples with {resample!r}: the transforms implement {', '.join(RESAMPLING)} only"
             )
         return cls(
-            augmentation, image_size, crop_pct, tuple(processor.image_mean), tuple(processor.image_std), resample
+            augmentation,
+            height,
+            data_config.get("crop_pct", 1.0),
+            tuple(data_config["mean"]),
+            tuple(data_config["std"]),
+            resample,
+        )
+
+    def with_inputs_of(self, pretrained: Preprocessing) -> Preprocessing:
+        """This preprocessing (a benchmark's: its augmentation and evaluation geometry, `crop_pct`) with the input
+        size, normalisation and resampling filter of a pretrained network's (`pretrained`, from its image
+        processor): a pretrained backbone sees a benchmark's images as it saw its own training images, e.g. CIFAR's
+        32x32 images upsampled to EfficientNet-Lite0's 224 px and normalised with its mean = std = 0.5."""
+        return dataclasses.replace(
+            self,
+            image_size=pretrained.image_size,
+            mean=pretrained.mean,
+            std=pretrained.std,
+            resample=pretrained.resample,
         )
 
     @property

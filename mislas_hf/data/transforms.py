@@ -77,23 +77,57 @@ class BatchImageTransform:
         }
 
 
+TENSOR_INTERPOLATION = {
+    "nearest": InterpolationMode.NEAREST_EXACT,  # PIL's nearest: the source pixel under each output pixel's centre
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+"""The `Preprocessing.resample` filters that torchvision resizes tensors with as PIL resizes images (antialiased when
+downsizing), with torchvision's modes; PIL's others (box, hamming, lanczos) resize through PIL."""
+KORNIA_FILTERS = ("bilinear", "bicubic")
+"""The filters `FitToSquare` resizes float images with through kornia (antialiased)."""
+
+
+def resize_image(image: torch.Tensor, size: int | list[int], resample: str) -> torch.Tensor:
+    """A uint8 image tensor (`(C, H, W)` or `(1, C, H, W)`) resized to `size` (an int: the shorter side's length; a
+    pair: height and width) with PIL's filter `resample` (a name of `preprocessing.RESAMPLING`): nearest, bilinear
+    and bicubic by torchvision on the tensor's device (`TENSOR_INTERPOLATION`, antialiased; fastest in channels-last
+    memory), box, hamming and lanczos through PIL, which alone implements them (on the CPU; the result comes back to
+    the tensor's device)."""
+    if resample in TENSOR_INTERPOLATION:
+        return TF.resize(image, size, TENSOR_INTERPOLATION[resample], antialias=True)
+    batched = image.dim() == 4
+    picture = TF.to_pil_image((image[0] if batched else image).cpu())
+    resized = TF.pil_to_tensor(TF.resize(picture, size, InterpolationMode(resample))).to(image.device)
+    return resized[None] if batched else resized
+
+
 class FitToSquare(torch.nn.Module):
-    """Resize the shorter side of a `(1, C, H, W)` image to `size` (antialiased bilinear) and centre-crop
-    `size x size`, as the `cifar` image processor does; an image already `size x size` passes unchanged (the
-    CIFAR benchmarks' 32x32 images). Lets the CIFAR ResNet-32 train on your own images of any size."""
+    """Resize the shorter side of a `(1, C, H, W)` float image in [0, 1] to `size` and centre-crop `size x size`, as
+    the `cifar` image processor does; an image already `size x size` passes unchanged (the CIFAR benchmarks' 32x32
+    images). Bilinear and bicubic resize with kornia (antialiased); PIL's other filters (`resize_image`) on the
+    image's uint8 pixels, which `_to_float_tensor` made. Lets the CIFAR ResNet-32 train on your own images of any
+    size, and a pretrained backbone see CIFAR's images at its own input size."""
 
     def __init__(self, size: int, resample: str = "bilinear"):
         super().__init__()
         self.size = size
-        self.resize_and_crop = torch.nn.Sequential(
-            K.Resize(size, side="short", resample=resample, antialias=True, align_corners=False),
-            K.CenterCrop(size),
-        )
+        self.resample = resample
+        self.resize_and_crop = None
+        if resample in KORNIA_FILTERS:
+            self.resize_and_crop = torch.nn.Sequential(
+                K.Resize(size, side="short", resample=resample, antialias=True, align_corners=False),
+                K.CenterCrop(size),
+            )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if tuple(image.shape[-2:]) == (self.size, self.size):
             return image
-        return self.resize_and_crop(image)
+        if self.resize_and_crop is not None:
+            return self.resize_and_crop(image)
+        pixels = image.mul(255).round_().to(torch.uint8)
+        resized = TF.center_crop(resize_image(pixels, self.size, self.resample), self.size)
+        return resized.float().div_(255.0)
 
 
 IMAGENET_CROP_SCALE = (0.08, 1.0)
@@ -176,8 +210,8 @@ class ImageNetTransform:
     `{"pixel_values": [(3, size, size) tensors], "labels": [int]}`, run in the DataLoader workers.
 
     train: decode (`decode_rgb`), torchvision's `RandomResizedCrop(size, scale=IMAGENET_CROP_SCALE,
-    ratio=IMAGENET_CROP_RATIO)` (the box from `random_resized_crop_box`) with antialiased resizing (`resample`, as PIL
-    resizes), horizontal flip with p = 0.5. eval: decode, resize the shorter side to `resize_size`
+    ratio=IMAGENET_CROP_RATIO)` (the box from `random_resized_crop_box`) resized as PIL resizes with the filter
+    `resample` (`resize_image`), horizontal flip with p = 0.5. eval: decode, resize the shorter side to `resize_size`
     (antialiased), centre crop `size`, as `Preprocessing.image_processor()` does. The pixel values stay
     uint8 (a quarter of float32's bytes between the workers and the main process); `augment_imagenet_batch(batch,
     train)` finishes each collated batch on the device (training: colour jitter; both: normalisation with the
@@ -195,19 +229,19 @@ class ImageNetTransform:
         self.train = train
         self.image_size = preprocessing.image_size
         self.resize_size = preprocessing.resize_size
-        self.interpolation = InterpolationMode(preprocessing.resample)
+        self.resample = preprocessing.resample
         self.image_column = image_column
         self.label_column = label_column
 
     def _train_geometry(self, image: torch.Tensor) -> torch.Tensor:
         top, left, height, width = random_resized_crop_box(*image.shape[-2:])
         crop = image[None, :, top : top + height, left : left + width].contiguous(memory_format=torch.channels_last)
-        crop = TF.resize(crop, [self.image_size, self.image_size], self.interpolation, antialias=True)[0]
+        crop = resize_image(crop, [self.image_size, self.image_size], self.resample)[0]
         return TF.horizontal_flip(crop) if torch.rand(1).item() < 0.5 else crop
 
     def _eval_geometry(self, image: torch.Tensor) -> torch.Tensor:
         image = image[None].contiguous(memory_format=torch.channels_last)
-        resized = TF.resize(image, self.resize_size, self.interpolation, antialias=True)
+        resized = resize_image(image, self.resize_size, self.resample)
         return TF.center_crop(resized, self.image_size)[0]
 
     def __call__(self, batch: dict) -> dict:

@@ -1,7 +1,10 @@
 """The command-line arguments of the jobs behind `recipes/`: `ModelArguments`, `DataArguments`,
 `CalibrationArguments` and `EvaluationArguments` beside `MislasTrainingArguments`, parsed from a YAML config plus
-command-line overrides (`parse_arguments`), as transformers' example scripts do with `HfArgumentParser`."""
+command-line overrides (`parse_arguments`, `read_config`), as transformers' example scripts do with
+`HfArgumentParser`. The jobs on a saved model parse theirs with the model's recorded data options as defaults
+(`mislas_hf.scripts.saved_model_arguments`)."""
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +13,9 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..configuration_mislas import BACKBONES
-from ..data import BENCHMARKS
+from ..data import BENCHMARKS, TEST_PRIOR_IMBALANCE_FACTORS
 from ..training_args import MislasTrainingArguments
+
 
 
 @dataclass
@@ -50,13 +54,15 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Which data to train and evaluate on: a paper benchmark (`dataset`) or your own (`dataset_name` / `train_dir`
-    without `dataset`)."""
+    without `dataset`). The jobs on a saved model (evaluate, calibrate) default each option to the one recorded in
+    the model's config (`MislasConfig.training_data`, see `parse_saved_model_arguments`)."""
 
     dataset: str | None = field(
         default=None,
         metadata={
             "help": "Paper benchmark: cifar10-lt, cifar100-lt, imagenet-lt, places-lt or inat2018. Leave it unset "
-            "to use your own data (dataset_name or train_dir) as it is; with no data option at all: cifar10-lt."
+            "to use your own data (dataset_name or train_dir) as it is; training with no data option at all: "
+            "cifar10-lt. Evaluate / calibrate: every data option defaults to the model's training run's."
         },
     )
     imbalance_factor: float | None = field(
@@ -110,7 +116,11 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Deterministic subset of the long-tailed training set, for quick runs."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Deterministic subset of the test set."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Deterministic subset of the test set, drawn with --seed (evaluate / calibrate: the training "
+                  "run's subset unless given; a number above the test set's size evaluates all of it)."},
+    )
     validation_split_percentage: float | None = field(
         default=None,
         metadata={"help": "Hold out this percentage of the training set to select the best epoch on (never the test set)."},
@@ -173,18 +183,47 @@ class DataArguments:
         return self.in_memory_images
 
 
-CALIBRATION_METHODS = ("temperature", "classwise_temperature")
+CALIBRATION_METHODS = (
+    "temperature", "classwise_temperature", "balanced_temperature", "logit_adjustment", "logit_adjustment_temperature"
+)
+PRIOR_AWARE_METHODS = ("balanced_temperature", "logit_adjustment", "logit_adjustment_temperature")
+"""The methods of `recipes/calibrate.py` that calibrate for a known test prior (`--target_prior`) and store a logit
+bias; `temperature` and `classwise_temperature` fit the hold-out as it is, long-tailed, and store no bias."""
+TEST_PRIOR_PROTOCOL = "protocol"
 
 
 @dataclass
 class CalibrationArguments:
-    """What `recipes/calibrate.py` fits, and on which held-out images."""
+    """What `recipes/calibrate.py` fits, for which test prior, and on which held-out images."""
 
     model: str = field(metadata={"help": "Saved model folder or Hub id (also accepted as the first argument)."})
     method: str = field(
         default="temperature",
-        metadata={"help": "temperature (one T, Guo et al. 2017) or classwise_temperature (one T per class).",
-                  "choices": list(CALIBRATION_METHODS)},
+        metadata={
+            "help": "temperature (one T, Guo et al. 2017, on the hold-out as it is); classwise_temperature (one T "
+            "per class); balanced_temperature (one T on the hold-out weighted to the prior the model was trained "
+            "for, then the prior correction to --target_prior); logit_adjustment (post-hoc logit adjustment, Menon "
+            "et al. 2021: z - tau log pi_train, tau fit on the hold-out weighted to a balanced prior, or "
+            "--post_hoc_tau; T = 1); logit_adjustment_temperature (z / T - tau log pi_train, T and tau fit "
+            "jointly). See docs/calibration.md.",
+            "choices": list(CALIBRATION_METHODS),
+        },
+    )
+    target_prior: str | None = field(
+        default=None,
+        metadata={
+            "help": "The class prior of the data the calibrated model will meet (balanced_temperature, "
+            "logit_adjustment, logit_adjustment_temperature): uniform (the default: a balanced test set), train "
+            "(the training counts' prior), or a JSON file holding a list of one positive number per class, in "
+            "label order (a prior or counts)."
+        },
+    )
+    post_hoc_tau: float | None = field(
+        default=None,
+        metadata={
+            "help": "logit_adjustment: the tau of z - tau log pi_train (1: the Bayes-optimal adjustment for a "
+            "balanced test set). Unset: fit by the held-out NLL. (Not --logit_adjustment_tau, the training loss's.)"
+        },
     )
     validation_split_name: str | None = field(
         default=None,
@@ -197,12 +236,93 @@ class CalibrationArguments:
                   "(mislas_hf.calibration.fit_classwise_temperatures)."},
     )
 
+    def __post_init__(self):
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"--method {self.method!r} is not one of {', '.join(CALIBRATION_METHODS)}.")
+        if self.target_prior is not None and self.method not in PRIOR_AWARE_METHODS:
+            raise ValueError(
+                "--target_prior is for the methods that calibrate for a test prior "
+                f"({', '.join(PRIOR_AWARE_METHODS)}); --method {self.method} fits the hold-out as it is: leave "
+                "--target_prior unset, or pick one of them."
+            )
+        if self.target_prior == "estimate":
+            raise ValueError(
+                "--target_prior estimate is for recipes/evaluate_model.py, which estimates the prior of the test "
+                "images it evaluates (EM): here pass uniform, train or a JSON file with the prior."
+            )
+        if self.post_hoc_tau is not None:
+            if self.method != "logit_adjustment":
+                raise ValueError(
+                    f"--post_hoc_tau is for --method logit_adjustment (T = 1, the given tau); --method {self.method} "
+                    + ("fits T and tau jointly: leave --post_hoc_tau unset."
+                       if self.method == "logit_adjustment_temperature" else "has no tau.")
+                )
+            if not math.isfinite(self.post_hoc_tau):
+                raise ValueError(f"--post_hoc_tau {self.post_hoc_tau} must be a finite number (1: Bayes-optimal).")
+
 
 @dataclass
 class EvaluationArguments:
-    """Which saved model `recipes/evaluate_model.py` evaluates."""
+    """Which saved model `recipes/evaluate_model.py` evaluates, and on which test priors."""
 
     model: str = field(metadata={"help": "Saved model folder or Hub id (also accepted as the first argument)."})
+    test_priors: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also evaluate on test subsets with shifted class priors (the test-agnostic protocol of LADE / "
+            "SADE, mislas_hf.data.shifted_test_subsets), each with the prior as the model has it and corrected to "
+            "the subset's known prior: 'protocol' (forward and backward long-tailed at imbalance factors 50, 25, "
+            "10, 5, 2, and the uniform full test set) or comma-separated imbalance factors (e.g. '10,2'). Needs a "
+            "balanced test split with at least IF images of each class."
+        },
+    )
+    target_prior: str | None = field(
+        default=None,
+        metadata={
+            "help": "'estimate': estimate the class prior of each test subset (of the test split without "
+            "--test_priors) from its unlabeled images by EM (Saerens et al. 2002) and evaluate with it too."
+        },
+    )
+    em_calibration: str | None = field(
+        default=None,
+        metadata={
+            "help": "--target_prior estimate: the probabilities EM starts from. 'bcts': bias-corrected temperature "
+            "scaling (Alexandari et al. 2020) fit on the hold-out recorded in the model's config; 'none': the "
+            "model's own. Default: bcts when the model records a hold-out, none otherwise.",
+            "choices": ["bcts", "none"],
+        },
+    )
+    test_prior_seed: int = field(
+        default=0, metadata={"help": "Seed of the images each --test_priors subset keeps (0: SADE's subsets)."}
+    )
+
+    def __post_init__(self):
+        self.test_prior_factors()  # refuse a malformed --test_priors before any data is read
+        if self.target_prior not in (None, "estimate"):
+            raise ValueError(
+                f"--target_prior {self.target_prior}: evaluation takes only 'estimate' (EM on the test images); "
+                "the known prior of each --test_priors subset is always evaluated. To store a known prior in the "
+                "model, use recipes/calibrate.py --target_prior."
+            )
+        if self.em_calibration is not None and self.target_prior != "estimate":
+            raise ValueError("--em_calibration sets how --target_prior estimate calibrates: pass both, or neither.")
+
+    def test_prior_factors(self) -> tuple[float, ...] | None:
+        """The imbalance factors of `--test_priors` (None when it is unset)."""
+        if self.test_priors is None:
+            return None
+        if self.test_priors == TEST_PRIOR_PROTOCOL:
+            return TEST_PRIOR_IMBALANCE_FACTORS
+        try:
+            factors = tuple(float(factor) for factor in self.test_priors.split(","))
+        except ValueError:
+            factors = ()
+        if not factors or not all(math.isfinite(factor) and factor > 1 for factor in factors):
+            raise ValueError(
+                f"--test_priors {self.test_priors}: pass 'protocol' or comma-separated imbalance factors above 1 "
+                "(e.g. '10,2')."
+            )
+        return tuple(int(factor) if factor.is_integer() else factor for factor in factors)  # written as the papers do
 
 
 def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()):
@@ -210,8 +330,15 @@ def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()
     refused with their names. Returns the argument dataclasses and the configuration text (the YAML file and the
     overrides) that model cards record."""
     parser = HfArgumentParser((*extra_dataclasses, ModelArguments, DataArguments, MislasTrainingArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_text = ""
+    argv, config_values, config_text = read_config(parser, list(sys.argv[1:] if argv is None else argv))
+    parser.set_defaults(**config_values)
+    return (*parser.parse_args_into_dataclasses(args=argv), config_text)
+
+
+def read_config(parser: HfArgumentParser, argv: list[str]) -> tuple[list[str], dict, str]:
+    """`--config FILE` of `argv`, for `parser`: the other arguments, the YAML file's values (keys the parser does not
+    know are refused, naming them) and the configuration text that model cards record (the file and the overrides)."""
+    config_text, values = "", {}
     if "--config" in argv:
         position = argv.index("--config")
         if position + 1 >= len(argv):
@@ -229,18 +356,6 @@ def parse_arguments(argv: list[str] | None = None, extra_dataclasses: tuple = ()
                 f"{config_path}: unknown config key(s) {', '.join(unknown)}. Run recipes/train.py --help for the "
                 "accepted options."
             )
-        parser.set_defaults(**values)
     if argv:
         config_text += f"# command-line overrides: {' '.join(argv)}\n"
-    return (*parser.parse_args_into_dataclasses(args=argv), config_text)
-
-
-def parse_saved_model_arguments(job_arguments, argv: list[str] | None = None):
-    """`parse_arguments` for a job on a saved model (`EvaluationArguments` or `CalibrationArguments`), whose folder or
-    Hub id may come first on the command line without `--model`. Returns the job's arguments, then the data and
-    training arguments."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--model", *argv]
-    job_args, _, data_args, training_args, _ = parse_arguments(argv, extra_dataclasses=(job_arguments,))
-    return job_args, data_args, training_args
+    return argv, values, config_text

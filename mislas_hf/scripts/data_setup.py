@@ -8,10 +8,12 @@ import functools
 import logging
 
 from ..data import (
+    EncodedImageTransform,
     InMemoryCifarTransform,
     LongTailedBenchmark,
+    Preprocessing,
     augment_cifar_batch,
-    augment_imagenet_batch,
+    augment_imagenet_images,
     class_counts,
     decode_cifar_images,
     load_benchmark,
@@ -31,11 +33,34 @@ logger = logging.getLogger(__name__)
 def load_data(data_args: DataArguments, plan: ModelPlan) -> LongTailedBenchmark:
     """The paper benchmark named by `data_args.dataset` with its preprocessing, or your own data as it is
     (`load_own_dataset`) with the model's (`ModelPlan.default_preprocessing`), as a `LongTailedBenchmark` with `train`
-    and `test` splits; `--image_size` replaces the input size of either."""
+    and `test` splits. On a benchmark, a pretrained backbone other than the paper's ResNets (`plan.backbone_config`)
+    gets its image processor's input size, mean/std and filter (`Preprocessing.with_inputs_of`). `--image_size`
+    replaces the input size of any."""
     benchmark = _load_source(data_args, plan)
-    return dataclasses.replace(
-        benchmark, preprocessing=benchmark.preprocessing.replace(image_size=data_args.image_size)
-    )
+    preprocessing = benchmark.preprocessing
+    if not data_args.own_data and plan.backbone_config is not None and plan.pretrained_preprocessing is not None:
+        preprocessing = preprocessing.with_inputs_of(plan.pretrained_preprocessing)
+    return dataclasses.replace(benchmark, preprocessing=preprocessing.replace(image_size=data_args.image_size))
+
+
+def uses_in_memory_images(data_args: DataArguments, preprocessing: Preprocessing) -> bool:
+    """Whether the splits are decoded once into memory (`DataArguments.uses_in_memory_images`): only for the CIFAR
+    reference's 32x32 input with CIFAR's mean/std, which `augment_cifar_batch` implements; another input size or
+    normalisation (`--image_size`, a pretrained backbone's) uses the per-sample transforms, and asking for in-memory
+    images with it is a `ValueError`."""
+    if not data_args.uses_in_memory_images(preprocessing.augmentation):
+        return False
+    reference = Preprocessing.reference("cifar")
+    inputs = (preprocessing.image_size, preprocessing.mean, preprocessing.std)
+    if inputs == (reference.image_size, reference.mean, reference.std):
+        return True
+    if data_args.in_memory_images:
+        raise ValueError(
+            f"in_memory_images augments 32x32 CIFAR images normalised with CIFAR's mean/std, and this run's input is "
+            f"{preprocessing.image_size} px normalised with mean {list(preprocessing.mean)}: leave in_memory_images "
+            "unset (the per-sample transforms resize and normalise as the preprocessing says)"
+        )
+    return False
 
 
 def _load_source(data_args: DataArguments, plan: ModelPlan) -> LongTailedBenchmark:
@@ -87,9 +112,11 @@ def load_splits(
 ):
     """The data with transforms set, plus the held-out validation split when asked for: the
     `--validation_split_percentage` hold-out of the training set, or the split `validation_split_name` of the data.
-    With in-memory images (`DataArguments.uses_in_memory_images`) the splits are decoded once; the training split
+    With in-memory images (`uses_in_memory_images`) the splits are decoded once; the training split
     then yields raw uint8 images, which the trainer augments on its device (`train_batch_augmentation`). Every split
-    of the `imagenet` augmentation yields uint8 images, finished on the device by the same function."""
+    of the `imagenet` augmentation yields uint8 images, finished on the device by the same function; when the
+    training device is a CUDA GPU, the JPEGs instead leave the workers encoded (`EncodedImageTransform`) and are
+    decoded there (`data.gpu_decode`)."""
     benchmark = load_data(data_args, plan)
     preprocessing = benchmark.preprocessing
     train, test = benchmark.splits["train"], benchmark.splits["test"]
@@ -99,8 +126,9 @@ def load_splits(
             train, data_args.validation_split_percentage / 100, seed=training_args.seed
         )
         if kept_whole:
+            names = [benchmark.class_names[c] for c in kept_whole]
             logger.warning(
-                f"classes {kept_whole} are too small to give images to the validation split "
+                f"classes {names} are too small to give images to the validation split "
                 f"({data_args.validation_split_percentage}% rounds to 0 or would leave none for training): "
                 "they stay whole in the training set"
             )
@@ -117,7 +145,7 @@ def load_splits(
     if data_args.max_eval_samples is not None:
         test = subset(test, data_args.max_eval_samples, seed=training_args.seed)
     counts = class_counts(train, num_classes=len(benchmark.class_names))
-    if data_args.uses_in_memory_images(preprocessing.augmentation):
+    if uses_in_memory_images(data_args, preprocessing):
         with training_args.main_process_first(desc="decoding images"):
             train, test = decode_cifar_images(train), decode_cifar_images(test)
             validation = decode_cifar_images(validation) if validation is not None else None
@@ -126,8 +154,12 @@ def load_splits(
         if preprocessing.augmentation == "imagenet":  # the transform decodes the files itself (torchvision for JPEG)
             train, test = with_encoded_images(train), with_encoded_images(test)
             validation = with_encoded_images(validation) if validation is not None else None
-        train_transform = make_transform(preprocessing, train=True)
-        eval_transform = make_transform(preprocessing, train=False)
+        if preprocessing.augmentation == "imagenet" and training_args.device.type == "cuda":
+            # the workers only read the files; the GPU decodes and augments them (augment_imagenet_images)
+            train_transform = eval_transform = EncodedImageTransform()
+        else:
+            train_transform = make_transform(preprocessing, train=True)
+            eval_transform = make_transform(preprocessing, train=False)
     train.set_transform(train_transform)
     test.set_transform(eval_transform)
     if validation is not None:
@@ -152,12 +184,13 @@ def held_out_split_record(data_args: DataArguments, training_args, benchmark, va
 
 def train_batch_augmentation(data_args: DataArguments, benchmark: LongTailedBenchmark):
     """`MislasTrainer`'s `batch_augmentation` for the training split of `load_splits`, which runs on the training
-    device: for the `imagenet` augmentation `augment_imagenet_batch` with the preprocessing's mean/std (colour jitter
-    and normalisation of the uint8 crops the loader workers made); with in-memory CIFAR images
+    device: for the `imagenet` augmentation `augment_imagenet_images` with the preprocessing (colour jitter and
+    normalisation of the uint8 crops the loader workers made; on a CUDA device, where `load_splits` leaves the JPEGs
+    encoded, their decoding, crop, resize and flip too); with in-memory CIFAR images
     `augment_cifar_batch`; else None (the per-sample transform already augmented the images). The `imagenet`
     evaluation splits are uint8 as well: the function normalises them (`train=False`), in `MislasTrainer`'s
     evaluation and in `float32_evaluation_trainer`."""
     preprocessing = benchmark.preprocessing
     if preprocessing.augmentation == "imagenet":
-        return functools.partial(augment_imagenet_batch, mean=preprocessing.mean, std=preprocessing.std)
-    return augment_cifar_batch if data_args.uses_in_memory_images(preprocessing.augmentation) else None
+        return functools.partial(augment_imagenet_images, preprocessing=preprocessing)
+    return augment_cifar_batch if uses_in_memory_images(data_args, preprocessing) else None

@@ -6,53 +6,78 @@ import logging
 from dataclasses import dataclass
 
 from transformers import AutoImageProcessor, PreTrainedConfig, ResNetModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ..configuration_mislas import BACKBONES, MislasConfig, backbone_of_resnet_config
+from ..configuration_mislas import (
+    BACKBONES,
+    TIMM_MODEL_TYPE,
+    MislasConfig,
+    backbone_of_resnet_config,
+    check_timm_available,
+)
 from ..data import Preprocessing
-from ..modeling_mislas import MislasForImageClassification, load_resnet_backbone
+from ..modeling_mislas import MislasForImageClassification
+from ..modeling_resnet_backbones import load_resnet_backbone
+from ..modeling_vision_backbones import load_pretrained_backbone, vision_backbone_config
 from .arguments import DataArguments, ModelArguments
+from .saved_model_arguments import checkpoint_config
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """What `build_model` builds: from `source` ("new", "mislas": a MiSLAS checkpoint, "resnet": a transformers
-    ResNet checkpoint), the backbone and its options after `ModelArguments` and the checkpoint's config are
-    reconciled, and the preprocessing of the pretrained checkpoint's image processor (None: no pretrained one)."""
+    """What `build_model` builds: from `source` ("new"; "mislas": a MiSLAS checkpoint; "resnet": a transformers
+    ResNet checkpoint of one of the built-in `BACKBONES`; "pretrained": any other transformers image classifier or
+    vision encoder, or a timm folder), the backbone and its options after `ModelArguments` and the checkpoint's
+    config are reconciled, and the preprocessing of the checkpoint's image processor (None: no pretrained one).
+    `backbone` names a built-in ResNet; `backbone_config` is the vision model of a "pretrained" checkpoint (and of a
+    "mislas" one built on such a backbone), None for the built-ins."""
 
     source: str
-    backbone: str
+    backbone: str | None
     extra_block: bool
     freeze_backbone: bool
     pretrained_preprocessing: Preprocessing | None = None
+    backbone_config: PreTrainedConfig | None = None
 
     @property
     def default_preprocessing(self) -> Preprocessing:
-        """How your own images are preprocessed for this model: as its pretrained image processor says, else the
+        """How your own images are preprocessed for this model: as its checkpoint's image processor says, else the
         reference's preprocessing for a new network of its stem (`cifar` for the CIFAR ResNet, else `imagenet`)."""
         if self.pretrained_preprocessing is not None:
             return self.pretrained_preprocessing
-        return Preprocessing.reference("cifar" if BACKBONES[self.backbone].stem == "cifar" else "imagenet")
+        cifar = self.backbone is not None and BACKBONES[self.backbone].stem == "cifar"
+        return Preprocessing.reference("cifar" if cifar else "imagenet")
 
 
-def _checkpoint_config(path: str) -> dict:
-    """The `config.json` of a checkpoint (folder or Hub id) as a dict; `ValueError` when there is none."""
-    try:
-        return PreTrainedConfig.get_config_dict(path)[0]
-    except OSError as err:
-        raise ValueError(f"--model_name_or_path {path}: no model config found there ({err})") from err
-
-
-def _pretrained_preprocessing(path: str) -> Preprocessing | None:
-    """The preprocessing the checkpoint's image processor describes, trained with the reference's `imagenet`
-    augmentation; None when it has no image processor."""
+def _pretrained_preprocessing(path: str, augmentation: str = "imagenet") -> Preprocessing | None:
+    """The preprocessing the checkpoint's image processor describes (a timm folder's is its `pretrained_cfg`),
+    trained with the reference's `augmentation`; None when it has no image processor."""
     try:
         processor = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError):
-        logger.warning(f"{path} has no image processor: preprocessing as the reference does for ImageNet")
+        logger.warning(f"{path} has no image processor: preprocessing as the reference does for {augmentation}")
         return None
-    return Preprocessing.from_image_processor(processor, augmentation="imagenet")
+    return Preprocessing.from_image_processor(processor, augmentation=augmentation)
+
+
+def _checkpoint_backbone_config(path: str, config: dict) -> PreTrainedConfig:
+    """The vision model of a transformers checkpoint's `config` (`vision_backbone_config`); `ValueError` naming the
+    model type when it is none, `ImportError` when it is a timm architecture and timm is missing."""
+    model_type = config.get("model_type")
+    if model_type == TIMM_MODEL_TYPE:
+        check_timm_available(config.get("architecture"))
+    backbone_config = None
+    if model_type in CONFIG_MAPPING:
+        backbone_config = vision_backbone_config(CONFIG_MAPPING[model_type].from_dict(config))
+    if backbone_config is None:
+        raise ValueError(
+            f"--model_name_or_path {path} is a model of type '{model_type}', not a vision model transformers can "
+            "load: pass a MiSLAS model, or an image classifier or vision encoder (e.g. microsoft/resnet-50, "
+            "google/vit-base-patch16-224, facebook/dinov2-small, openai/clip-vit-base-patch32, a timm folder)"
+        )
+    return backbone_config
 
 
 def _truncates(checkpoint_backbone: str, backbone: str) -> bool:
@@ -65,10 +90,12 @@ def _truncates(checkpoint_backbone: str, backbone: str) -> bool:
 def plan_model(model_args: ModelArguments, stage: str = "1") -> ModelPlan:
     """Reconcile the backbone options with the checkpoint of `model_name_or_path`, before any data or model is
     loaded. A new model takes `backbone` (resnet32 by default); `freeze_backbone` without pretrained weights is
-    refused. A MiSLAS checkpoint keeps its backbone (another `backbone` is refused, naming both); `extra_block` and
-    `freeze_backbone` given here override the checkpoint's, with a warning naming both values. A transformers
-    ResNet (`model_type: resnet`) gives the backbone of its architecture (`backbone_of_resnet_config`) and its image
-    processor's preprocessing; it is refused for stage 2 and any other model type is refused naming it."""
+    refused. A MiSLAS checkpoint keeps its backbone (another `backbone` is refused, naming both) and its image
+    processor's preprocessing; `extra_block` and `freeze_backbone` given here override the checkpoint's, with a
+    warning naming both values. A transformers ResNet (`model_type: resnet`) of a built-in architecture gives that
+    backbone (`backbone_of_resnet_config`); any other image classifier or vision encoder gives its vision model as
+    `backbone_config` (`vision_backbone_config`; `extra_block` and `backbone` are refused for it); both give their
+    image processor's preprocessing and are refused for stage 2. Other model types are refused naming them."""
     path = model_args.model_name_or_path
     extra_block, freeze_backbone = model_args.extra_block, model_args.freeze_backbone
     if not path:
@@ -80,32 +107,42 @@ def plan_model(model_args: ModelArguments, stage: str = "1") -> ModelPlan:
                 "--output_dir DIR`) or set freeze_backbone false"
             )
         return ModelPlan("new", model_args.backbone or "resnet32", bool(extra_block), False)
-    config = _checkpoint_config(path)
+    config = checkpoint_config(path)
     model_type = config.get("model_type")
     if model_type == MislasConfig.model_type:
-        backbone = config.get("backbone", "resnet32")
-        if model_args.backbone is not None and model_args.backbone != backbone:
+        saved = MislasConfig.from_dict(config)
+        if model_args.backbone is not None and model_args.backbone != saved.backbone:
             raise ValueError(
-                f"--backbone {model_args.backbone} conflicts with {path}, a {backbone} model: leave backbone unset "
-                f"or set it to {backbone}"
+                f"--backbone {model_args.backbone} conflicts with {path}, a {saved.backbone_name} model: leave "
+                "backbone unset" + (f" or set it to {saved.backbone}" if saved.backbone else "")
             )
         for name, value in (("extra_block", extra_block), ("freeze_backbone", freeze_backbone)):
             if value is not None and value != config.get(name, False):
                 logger.warning(f"{name}={value} (given) overrides {name}={config.get(name, False)} of {path}")
         extra_block = config.get("extra_block", False) if extra_block is None else extra_block
         freeze_backbone = config.get("freeze_backbone", False) if freeze_backbone is None else freeze_backbone
-        return ModelPlan("mislas", backbone, extra_block, freeze_backbone)
-    if model_type != "resnet":
-        raise ValueError(
-            f"--model_name_or_path {path} is a model of type '{model_type}': pass a MiSLAS model or a transformers "
-            "ResNet (model_type 'resnet', e.g. microsoft/resnet-50)"
+        augmentation = "cifar" if saved.backbone_spec is not None and saved.backbone_spec.stem == "cifar" else "imagenet"
+        return ModelPlan(
+            "mislas", saved.backbone, extra_block, freeze_backbone, _pretrained_preprocessing(path, augmentation),
+            saved.backbone_config,
         )
     if stage == "2":
         raise ValueError(
-            f"--stage 2 starts from a MiSLAS stage-1 model, and {path} is a transformers ResNet: run stage 1 from it "
-            "first (--stage 1 or both)"
+            f"--stage 2 starts from a MiSLAS stage-1 model, and {path} is a transformers '{model_type}' model: run "
+            "stage 1 from it first (--stage 1 or both)"
         )
-    backbone = backbone_of_resnet_config(config)
+    backbone = backbone_of_resnet_config(config) if model_type == "resnet" else None
+    if backbone is None:
+        backbone_config = _checkpoint_backbone_config(path, config)
+        for name, value in (("--backbone", model_args.backbone), ("--extra_block", extra_block)):
+            if value:
+                raise ValueError(
+                    f"{name} {value} is for the built-in ResNets, and {path} is a {backbone_config.model_type} model: "
+                    f"leave {name} unset"
+                )
+        return ModelPlan(
+            "pretrained", None, False, bool(freeze_backbone), _pretrained_preprocessing(path), backbone_config
+        )
     if model_args.backbone is not None and model_args.backbone != backbone:
         if not _truncates(backbone, model_args.backbone):
             raise ValueError(
@@ -130,7 +167,9 @@ def build_model(
     model_args: ModelArguments, plan: ModelPlan, benchmark, counts: list[int], data_args: DataArguments
 ) -> MislasForImageClassification:
     """The stage-1 model of `plan`: new, from a MiSLAS checkpoint (its classifier replaced when the classes differ),
-    or a new model whose backbone is a transformers ResNet checkpoint's (`load_resnet_backbone`; new classifier)."""
+    or a new model whose backbone is a transformers checkpoint's, its classifier replaced by the MiSLAS head for
+    these classes: a built-in ResNet's (`load_resnet_backbone`) or any vision model's (`load_pretrained_backbone`).
+    The checkpoint is recorded as `backbone_checkpoint`."""
     labels = dict(enumerate(benchmark.class_names))
     config_kwargs = dict(
         num_labels=len(labels),
@@ -144,8 +183,17 @@ def build_model(
         return MislasForImageClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **config_kwargs
         )
+    if plan.source == "pretrained":
+        model = MislasForImageClassification(
+            MislasConfig(
+                backbone_config=plan.backbone_config, backbone_checkpoint=model_args.model_name_or_path, **config_kwargs
+            )
+        )
+        load_pretrained_backbone(model.mislas, model_args.model_name_or_path)
+        return model
     model = MislasForImageClassification(MislasConfig(backbone=plan.backbone, **config_kwargs))
     if plan.source == "resnet":
+        model.config.backbone_checkpoint = model_args.model_name_or_path
         resnet = ResNetModel.from_pretrained(model_args.model_name_or_path)
         left_out = load_resnet_backbone(model.mislas, resnet)
         if left_out:

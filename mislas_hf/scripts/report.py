@@ -1,6 +1,7 @@
 """What a job writes about a model: the test-set evaluation with the reliability diagram and the model card
-(`report`), the float32 evaluation of a saved model (`float32_evaluation_trainer`), the model folder of `evaluate` and
-`calibrate` (`save_model_folder`), and the upload of a finished folder (`push_folder`)."""
+(`report`, stating the length of training, `training_length`), the float32 evaluation of a saved model
+(`float32_evaluation_trainer`, `float32_prediction`), the model folder of `evaluate` and `calibrate`
+(`save_model_folder`), and the upload of a finished folder (`push_folder`)."""
 
 import dataclasses
 import os
@@ -9,30 +10,47 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PredictionOutput
 
 from ..calibration import compute_metrics, reliability_diagram
 from ..data import BENCHMARKS, LongTailedBenchmark
-from ..modelcard import push_model_folder, write_model_card
+from ..hub_upload import push_model_folder
+from ..modelcard import write_model_card
+from ..modelcard_sections import TrainingLength
 from ..trainer import DeviceBatchTrainer
 from ..training_args import MislasTrainingArguments
 
 DIAGRAM_FILENAME = "reliability_diagram.png"
 
 
-def report(
-    trainer: Trainer, test_dataset, output_dir: str, benchmark: LongTailedBenchmark, config_yaml: str | None, model_id: str
-) -> dict:
-    """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card
-    (`model_id`: the Hub repo id its loading snippets use).
-
-    The numbers are those of the float32 model, as `from_pretrained` and the pipeline give it to users, whatever
-    precision trained it: Accelerate's autocast wrapper is taken off the model first (training is over), also from a
-    model this Trainer did not train, which `predict` would otherwise wrap in autocast."""
+def float32_prediction(trainer: Trainer, dataset, metric_key_prefix: str = "eval") -> PredictionOutput:
+    """`trainer.predict(dataset)` of the float32 model, as `from_pretrained` and the pipeline give it to users,
+    whatever precision trained it: Accelerate's autocast wrapper is taken off the model first (training is over), also
+    from a model this Trainer did not train, which `predict` would otherwise wrap in autocast."""
     accelerator = trainer.accelerator
     if not accelerator._models:  # not trained here (a finished stage, resumed): prepare it as `predict` would, once
         accelerator.prepare_model(trainer.model, evaluation_mode=True)
     accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    prediction = trainer.predict(test_dataset, metric_key_prefix="eval")
+    return trainer.predict(dataset, metric_key_prefix=metric_key_prefix)
+
+
+def report(
+    trainer: Trainer,
+    test_dataset,
+    output_dir: str,
+    benchmark: LongTailedBenchmark,
+    config_yaml: str | None,
+    model_id: str,
+    prediction: PredictionOutput | None = None,
+) -> dict:
+    """Evaluate on the test set and write `eval_results.json`, the reliability diagram and the model card
+    (`model_id`: the Hub repo id its loading snippets use). The card states the steps and epochs `trainer` trained
+    (`training_length`), or that this job did not train the model.
+
+    The numbers are those of the float32 model (`float32_prediction`); a job that needs the test logits too passes
+    the `prediction` it made of `test_dataset` that way, so the test set is run through the model once."""
+    if prediction is None:
+        prediction = float32_prediction(trainer, test_dataset)
     metrics = prediction.metrics
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics, combined=False)
@@ -44,6 +62,16 @@ def report(
         model = trainer.model
         title = f"{benchmark.name}, stage {model.config.stage}"
         reliability_diagram(confidences.numpy(), correct, os.path.join(output_dir, DIAGRAM_FILENAME), title=title)
+        trained = training_length(trainer)
+        provenance = (
+            f"Measured by mislas_hf on the {benchmark.evaluation_split} split of {benchmark.name} ({len(correct)} "
+            "images)."
+        )
+        if trained is None:
+            provenance += (
+                " This job did not train the weights (it evaluated or calibrated a saved model): the card of the run "
+                "that trained them says for how long."
+            )
         write_model_card(
             output_dir,
             model_config=model.config,
@@ -58,11 +86,28 @@ def report(
             if benchmark.name in BENCHMARKS
             else None,
             preprocessing=benchmark.preprocessing.description(),
-            provenance=f"Measured by mislas_hf on the {benchmark.evaluation_split} split of {benchmark.name} "
-            f"({len(correct)} images).",
+            provenance=provenance,
+            training=trained,
         )
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def training_length(trainer: Trainer) -> TrainingLength | None:
+    """How long `trainer` trained its model (`TrainerState.global_step`, `.epoch`, `.max_steps`, the global batch and
+    the run's `num_train_epochs` / `max_steps`), or None when it trained no step (a saved model evaluated or
+    calibrated)."""
+    state, args = trainer.state, trainer.args
+    if state.global_step == 0:
+        return None
+    return TrainingLength(
+        steps=state.global_step,
+        epochs=state.epoch,
+        planned_steps=state.max_steps,
+        images_per_step=state.train_batch_size * args.world_size * args.gradient_accumulation_steps,
+        configured_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+    )
 
 
 def float32_evaluation_trainer(

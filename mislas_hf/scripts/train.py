@@ -4,7 +4,7 @@ by `MislasTrainer`, resumed when asked (`checkpoint_to_resume`, `finished_state`
 
 Output layout of a run: `OUTPUT_DIR/stage1/` and `OUTPUT_DIR/stage2/`, each a `save_pretrained` folder with the
 image processor, `eval_results.json`, `reliability_diagram.png` and a `README.md` model card, plus
-`OUTPUT_DIR/all_results.json`.
+`OUTPUT_DIR/all_results.json`; with `--cached_feature_views`, `OUTPUT_DIR/feature_cache/` (`mislas_hf.feature_cache`).
 """
 
 import dataclasses
@@ -13,17 +13,18 @@ import logging
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file
 from transformers import TrainerState, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..trainer import MislasTrainer
+from ..feature_cache import FEATURE_CACHE_DIRNAME, cached_feature_training_set
+from ..trainer import MislasTrainer, load_saved_weights
 from ..training_args import MislasTrainingArguments
 from .arguments import DataArguments, ModelArguments, parse_arguments
 from .data_setup import held_out_split_record, load_splits, train_batch_augmentation
-from .launch import setup_logging, use_cpu_cores
+from .launch import compute_setup, cpu_thread_adapter, setup_logging, use_cpu_cores
 from .model_setup import build_model, load_stage1_model, plan_model
 from .report import push_folder, report
+from .saved_model_arguments import training_data_record
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,12 @@ def finished_state(checkpoint: str) -> TrainerState | None:
 def run_stage(
     stage: int, model, args, train, validation, test, image_processor, benchmark, config_yaml, batch_augmentation=None
 ) -> dict:
-    """Train one stage (resuming when asked), save it and report on the test set. Selection of the best epoch,
-    when enabled, uses the held-out validation split only. `batch_augmentation`: see `train_batch_augmentation`."""
+    """Train one stage (resuming when asked; with `cached_feature_views`, from the backbone's cached features), save
+    it and report on the test set. A resumed stage that had finished trains nothing: its last checkpoint's weights
+    are loaded (`load_saved_weights`), saved and evaluated again. Selection of the best epoch, when enabled, uses the
+    held-out validation split only. `batch_augmentation`: see `train_batch_augmentation`.
+    Logs how the stage computes (`compute_setup`), its global batch and learning rates; on a CPU whose thread count
+    the user did not choose, the count follows the cores other processes leave free (`cpu_thread_adapter`)."""
     stage_args = stage_arguments(args, stage)
     if stage_args.load_best_model_at_end and validation is None:
         raise ValueError(
@@ -84,7 +89,8 @@ def run_stage(
         if stage == 2:
             learning_rates += f" (ΔW and b: {stage_args.learning_rate * stage_args.delta_lr_ratio:g})"
         logger.info(
-            f"stage {stage}: global batch {global_batch * stage_args.gradient_accumulation_steps} = "
+            f"stage {stage} on {compute_setup(stage_args)}, "
+            f"global batch {global_batch * stage_args.gradient_accumulation_steps} = "
             f"{stage_args.per_device_train_batch_size} per device x {stage_args.world_size} processes x "
             f"{stage_args.gradient_accumulation_steps} accumulation steps, {learning_rates}"
         )
@@ -96,13 +102,20 @@ def run_stage(
         processing_class=image_processor,
         batch_augmentation=batch_augmentation,
     )
+    thread_adapter = cpu_thread_adapter(stage_args)
+    if thread_adapter is not None:
+        trainer.add_callback(thread_adapter)
     checkpoint = checkpoint_to_resume(stage_args)
     finished = finished_state(checkpoint) if checkpoint is not None else None
     if finished is not None:
         # The Trainer, resumed at its last step in the middle of an epoch, would train one step more.
-        model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
+        load_saved_weights(model, checkpoint)
         trainer.state = finished
     else:
+        if stage_args.cached_feature_views is not None:  # the head trains from cached backbone features
+            trainer.train_dataset = cached_feature_training_set(
+                trainer, test, benchmark.preprocessing, os.path.join(args.output_dir, FEATURE_CACHE_DIRNAME)
+            )
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_metrics("train", result.metrics, combined=False)
     trainer.save_state()
@@ -123,6 +136,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
     plan = plan_model(model_args, args.stage)
     benchmark, counts, train_set, validation, test = load_splits(data_args, args, plan)
     held_out_split = held_out_split_record(data_args, args, benchmark, validation)
+    training_data = training_data_record(data_args, args.seed)
     image_processor = benchmark.preprocessing.image_processor()
     stages = args.stage_numbers
     results = {}
@@ -140,9 +154,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MislasTrai
         set_seed(args.seed)
         if stage == 1:
             model = build_model(model_args, plan, benchmark, counts, data_args)
+            if 2 in stages:
+                model.mislas.resolve_shift_bn(args.shift_bn)  # refuse stage 2's --shift_bn before stage 1 trains
         else:
             model = load_stage1_model(stage2_start, benchmark, counts, data_args)
-        model.config.held_out_split = held_out_split
+        model.config.held_out_split, model.config.training_data = held_out_split, training_data
         results[f"stage{stage}"] = run_stage(
             stage,
             model,

@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode, v2
-from transformers import AutoImageProcessor, CLIPImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+from transformers import (
+    AutoImageProcessor,
+    CLIPImageProcessor,
+    ConvNextImageProcessor,
+    EfficientNetImageProcessor,
+    EfficientNetImageProcessorPil,
+    ViTImageProcessor,
+)
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 from mislas_hf.data import (
@@ -20,6 +27,7 @@ from mislas_hf.data import (
     augment_imagenet_batch,
     make_transform,
 )
+from mislas_hf.data.preprocessing import RESAMPLING
 
 CIFAR = Preprocessing.reference("cifar")
 """The reference's CIFAR preprocessing: 32x32, CIFAR mean/std, the `cifar` augmentation."""
@@ -56,8 +64,8 @@ def test_reference_preprocessings_and_their_refusals():
     assert IMAGENET.replace(image_size=None, resample="bicubic") == Preprocessing(
         "imagenet", 224, 0.875, tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), "bicubic"
     )
-    with pytest.raises(ValueError, match="resample='nearest'"):
-        IMAGENET.replace(resample="nearest")
+    with pytest.raises(ValueError, match="resample='cubic'"):
+        IMAGENET.replace(resample="cubic")
 
 
 @pytest.mark.parametrize(
@@ -67,7 +75,7 @@ def test_reference_preprocessings_and_their_refusals():
         ("image_size", 0, "image_size=0"),
         ("crop_pct", 0.0, "crop_pct=0.0"),
         ("crop_pct", 1.5, "crop_pct=1.5"),
-        ("resample", "nearest", "resample='nearest'"),
+        ("resample", "cubic", "resample='cubic'"),
         ("mean", (0.5, 0.5), r"mean=\(0.5, 0.5\)"),
         ("std", (0.2,) * 4, r"std=\(0.2, 0.2, 0.2, 0.2\)"),
     ],
@@ -197,10 +205,89 @@ def test_from_image_processor_reads_a_shortest_edge_and_crop_size_processor():
     assert preprocessing.mean == tuple(processor.image_mean) and preprocessing.std == tuple(processor.image_std)
 
 
-def test_from_image_processor_refuses_a_filter_the_transforms_do_not_implement():
-    processor = ConvNextImageProcessor(size={"shortest_edge": 224}, resample=PILImageResampling.NEAREST)
-    with pytest.raises(ValueError, match="NEAREST"):
+def test_from_image_processor_refuses_a_resample_that_is_not_a_pil_filter():
+    processor = ConvNextImageProcessor(size={"shortest_edge": 224})
+    processor.resample = 7
+    with pytest.raises(ValueError, match=r"ConvNextImageProcessor resamples with 7, not one of PIL's filters"):
         Preprocessing.from_image_processor(processor, "imagenet")
+
+
+def efficientnet_b0_processor(backend=EfficientNetImageProcessor):
+    """The image processor of google/efficientnet-b0 (its preprocessor_config.json): 224 x 224 NEAREST resize, a
+    crop_size of 289 it does not apply (do_center_crop false), ImageNet's mean with its own std."""
+    return backend(
+        size={"height": 224, "width": 224}, crop_size={"height": 289, "width": 289}, do_center_crop=False,
+        resample=PILImageResampling.NEAREST, image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.47853944, 0.4732864, 0.47434163],
+    )
+
+
+@pytest.mark.parametrize("backend", [EfficientNetImageProcessor, EfficientNetImageProcessorPil])
+def test_nearest_resampling_of_efficientnet_gives_the_processors_own_output(backend, tmp_path):
+    """google/efficientnet-*'s NEAREST processor: read as 224 px, no crop, nearest, its normalisation (with
+    include_top) as mean/std on [0, 1] pixels; on a 300 x 300 picture (where its
+    224 x 224 resize is the shorter side's) the evaluation transform plus normalisation gives the processor's own
+    output, both backends (PIL's NEAREST; torchvision's NEAREST_EXACT); so does the image processor saved with the
+    model (PIL, and reloaded: torchvision), here also on a 300 x 450 picture, which it resizes and crops as the
+    transform does."""
+    processor = efficientnet_b0_processor(backend)
+    preprocessing = Preprocessing.from_image_processor(processor, "imagenet")
+    # include_top divides by image_std twice: the std on [0, 1] pixels is its square, ImageNet's (0.229, 0.224, 0.225)
+    assert (preprocessing.augmentation, preprocessing.image_size, preprocessing.crop_pct) == ("imagenet", 224, 1.0)
+    assert (preprocessing.mean, preprocessing.resample) == ((0.485, 0.456, 0.406), "nearest")
+    assert preprocessing.std == pytest.approx(IMAGENET_DEFAULT_STD, abs=1e-7)
+    transform = make_transform(preprocessing, train=False)
+
+    def ours(picture):
+        raw = transform({"image": [picture], "label": [0]})["pixel_values"][0]
+        return augment_imagenet_batch(raw[None], train=False, mean=preprocessing.mean, std=preprocessing.std)[0]
+
+    square = textured_picture(300, 300)
+    torch.testing.assert_close(ours(square), processor(square, return_tensors="pt")["pixel_values"][0], atol=1e-5,
+                               rtol=0)
+    # nearest by hand: output pixel i takes source pixel floor((i + 0.5) * 300 / 224), as PIL does
+    rows = np.floor((np.arange(224) + 0.5) * 300 / 224).astype(int)
+    by_hand = np.asarray(square, dtype=np.float64)[rows][:, rows] / 255
+    by_hand = ((by_hand - np.asarray(preprocessing.mean)) / np.asarray(preprocessing.std)).transpose(2, 0, 1)
+    np.testing.assert_allclose(ours(square).numpy(), by_hand, atol=1e-5)
+    saved = preprocessing.image_processor()
+    saved.save_pretrained(tmp_path)
+    for picture in (square, textured_picture(300, 450)):  # 256 x 384, cropped: no source pixel centre on a tie
+        for reloaded in (saved, AutoImageProcessor.from_pretrained(tmp_path)):
+            got = reloaded(picture, return_tensors="pt")["pixel_values"][0]
+            torch.testing.assert_close(ours(picture), got, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("resample", ["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"])
+def test_every_pil_filter_is_read_and_resizes_as_pil_does(resample):
+    """Each of PIL's filters round-trips through the saved image processor's code, and the evaluation transform
+    resizes a 300 x 450 picture with it as PIL does (to 256 x 384, centre crop 224): equal pixels for nearest
+    (torchvision's NEAREST_EXACT; the picture's sizes leave no source pixel centre on a tie) and for box, hamming
+    and lanczos (resized by PIL itself); torchvision's antialiased bilinear and bicubic within a few grey levels."""
+    preprocessing = IMAGENET.replace(resample=resample)
+    processor = preprocessing.image_processor()
+    assert processor.resample == RESAMPLING[resample] == getattr(PILImageResampling, resample.upper())
+    assert Preprocessing.from_image_processor(processor, "imagenet") == preprocessing
+    picture = textured_picture(300, 450)
+    got = make_transform(preprocessing, train=False)({"image": [picture], "label": [0]})["pixel_values"][0]
+    resized = np.asarray(picture.resize((256, 384), RESAMPLING[resample]), dtype=np.int64)[80:304, 16:240]
+    difference = np.abs(got.permute(1, 2, 0).numpy().astype(np.int64) - resized)
+    if resample in ("bilinear", "bicubic"):
+        assert difference.max() <= 3 and difference.mean() < 0.5
+    else:
+        assert difference.max() == 0
+
+
+@pytest.mark.parametrize("resample", ["nearest", "lanczos"])
+def test_cifar_transform_fits_other_sizes_with_the_filter_as_the_image_processor_does(resample):
+    """The `cifar` transforms (`FitToSquare`) bring a 40 x 28 picture to 32 x 32 with the filter (shorter side
+    resized, centre crop) as the saved image processor does: equal pixels."""
+    preprocessing = CIFAR.replace(resample=resample)
+    picture = textured_picture(40, 28)
+    got = make_transform(preprocessing, train=False)({"image": [picture], "label": [0]})["pixel_values"][0]
+    expected = preprocessing.image_processor()(picture, return_tensors="pt")["pixel_values"][0]
+    assert got.shape == (3, 32, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["cifar", "imagenet", "inat2018"])

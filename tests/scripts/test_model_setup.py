@@ -104,7 +104,7 @@ def test_refusals_name_the_culprit(offline_cache, arguments, message):
 
 
 def test_a_resnet_checkpoint_cannot_start_stage_2(offline_cache):
-    with pytest.raises(ValueError, match=r"--stage 2 starts from a MiSLAS stage-1 model.*transformers ResNet"):
+    with pytest.raises(ValueError, match=r"--stage 2 starts from a MiSLAS stage-1 model.*a transformers 'resnet' model"):
         plan_model(ModelArguments(model_name_or_path=REPO_ID), stage="2")
 
 
@@ -164,7 +164,7 @@ def test_a_resnet_152_loads_into_the_places_backbone_without_its_third_last_stag
     into it (`--backbone resnet152_places`) with only stage 4's block 2 left out, every other tensor equal."""
     from transformers import ResNetModel
 
-    from mislas_hf.modeling_mislas import load_resnet_backbone
+    from mislas_hf.modeling_resnet_backbones import load_resnet_backbone
 
     torch.manual_seed(0)
     resnet = ResNetModel(ResNetConfig(depths=[3, 8, 36, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck"))

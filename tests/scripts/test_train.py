@@ -4,6 +4,7 @@ cards it writes, refusals before training, multi-process runs, resume, and the s
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load as safetensors_load, load_file
 
 from mislas_hf import MislasConfig, MislasForImageClassification
-from mislas_hf.scripts.arguments import parse_arguments
+from mislas_hf.scripts.arguments import EvaluationArguments, parse_arguments
 from mislas_hf.scripts.evaluate import evaluate
 from mislas_hf.scripts.train import train
 from mislas_hf.trainer import MislasTrainer
@@ -229,57 +230,113 @@ def test_two_process_cpu_run(cifar10_dir, tmp_path):
     assert accuracy == pytest.approx(round(accuracy), abs=1e-6)
 
 
-def test_killed_run_resumes_to_the_same_weights(cifar10_dir, tmp_path, monkeypatch):
-    """Stage 1 for 6 steps in one go, and the same run killed during step 4 then resumed from checkpoint-3:
-    identical weights. (The runs share nothing but the seed, so this also checks that a rerun reproduces.)"""
-    def stage1(output_dir, *extra):
-        flags = quick_run_flags(cifar10_dir, output_dir, "--stage", "1", "--max_steps", "6",
-                                "--save_strategy", "steps", "--save_steps", "3", *extra)
-        train(*parse_arguments(flags)[:3])
-        return load_file(output_dir / "stage1/model.safetensors")
-
-    uninterrupted = stage1(tmp_path / "a")
-    compute_loss, calls = MislasTrainer.compute_loss, []
-
-    def killed_at_step_4(self, model, inputs, *args, **kwargs):
-        calls.append(model.training)
-        if sum(calls) == 4:
-            raise KeyboardInterrupt("killed")
-        return compute_loss(self, model, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(MislasTrainer, "compute_loss", killed_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        stage1(tmp_path / "b")
-    monkeypatch.setattr(MislasTrainer, "compute_loss", compute_loss)
-    assert (tmp_path / "b/stage1/checkpoint-3").is_dir() and not (tmp_path / "b/stage1/model.safetensors").exists()
-    resumed = stage1(tmp_path / "b", "--resume_from_checkpoint", "true")
-    assert uninterrupted.keys() == resumed.keys()
-    for name, value in uninterrupted.items():
-        assert torch.equal(value, resumed[name]), name
+RESUMED_BACKBONES = ("resnet32", "vit")
+"""The backbones the resume tests train: a new ResNet-32, and a tiny pretrained ViT, whose tensors transformers saves
+under their original checkpoint's names (its weight-conversion mapping): only the model class's own loading maps them
+back (`mislas_hf.trainer.load_saved_weights`)."""
 
 
-def test_run_killed_inside_stage2_resumes_to_the_uninterrupted_result(cifar10_dir, tmp_path, monkeypatch):
-    """Both stages, 6 steps each, checkpoints every 5 steps (and at each stage's end). Stage 2 has 64 images per
-    epoch = 4 batches of 16, so checkpoint-5 sits one batch into its second epoch (the class-aware stream of epoch 1).
-    The run is killed during stage-2 step 6 and resumed with an explicit stage-2 checkpoint path: stage 1, finished,
-    trains no step again (only re-saves and re-evaluates); stage 2 runs its one missing step. Weights and test
-    metrics equal those of the uninterrupted run."""
-    def run(output_dir, *extra):
-        flags = quick_run_flags(cifar10_dir, output_dir, "--max_train_samples", "64", "--max_eval_samples", "100",
-                                "--max_steps", "6", "--per_device_train_batch_size", "16", "--save_strategy", "steps",
-                                "--save_steps", "5", *extra)
-        return train(*parse_arguments(flags)[:3])
+@pytest.fixture(scope="module")
+def cifar_normalised_vit(tiny_vision_checkpoint, tmp_path_factory):
+    """The tiny ViT checkpoint (`tiny_vision_checkpoint("vit")`, 32 px) with an image processor that normalises with
+    CIFAR's mean/std, so that CIFAR-10-LT runs on it take the in-memory path, whose random augmentation runs in the
+    trainer's batch hook. (Random per-image transforms in the main process do not resume exactly: Accelerate's
+    loader fetches one batch ahead, so a checkpoint's RNG state already holds the next batch's draws.)"""
+    from transformers import ViTImageProcessor
 
+    from mislas_hf.data import CIFAR_MEAN, CIFAR_STD
+
+    folder = tmp_path_factory.mktemp("cifar_normalised_vit")
+    shutil.copytree(tiny_vision_checkpoint("vit"), folder, dirs_exist_ok=True)
+    square = {"height": 32, "width": 32}
+    ViTImageProcessor(size=square, image_mean=list(CIFAR_MEAN), image_std=list(CIFAR_STD)).save_pretrained(folder)
+    return folder
+
+
+def backbone_run_flags(backbone, cifar10_dir, output_dir, vit_folder, *extra):
+    """`quick_run_flags` for a new ResNet-32 (the recipe config), or for `vit` the ViT checkpoint `vit_folder`
+    fine-tuned on CIFAR-10-LT with the training defaults: the recipe config's `backbone: resnet32` would contradict
+    the checkpoint's."""
+    flags = quick_run_flags(cifar10_dir, output_dir, *extra)
+    if backbone == "resnet32":
+        return flags
+    assert flags[0] == "--config"
+    return ["--dataset", "cifar10-lt", "--model_name_or_path", str(vit_folder), "--report_to", "none", *flags[2:]]
+
+
+def count_training_steps(monkeypatch, kill_at=None):
+    """The stages of the training-mode `compute_loss` calls, in order (one per step); a `KeyboardInterrupt` ("the run
+    is killed") in the step for which `kill_at(steps)` is true."""
     compute_loss, steps = MislasTrainer.compute_loss, []
 
     def counting(self, model, inputs, *args, **kwargs):
         if model.training:
             steps.append(self.stage)
-            if os.environ.get("KILL_AT_STAGE2_STEP") == str(steps.count(2)) and self.stage == 2:
+            if kill_at is not None and kill_at(steps):
                 raise KeyboardInterrupt("killed")
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(MislasTrainer, "compute_loss", counting)
+    return steps
+
+
+@pytest.mark.parametrize("backbone", RESUMED_BACKBONES)
+def test_killed_run_resumes_to_the_same_weights(backbone, cifar10_dir, tmp_path, monkeypatch, cifar_normalised_vit):
+    """Stage 1 for 6 steps in one go, and the same run killed during step 4 then resumed from checkpoint-3:
+    identical weights (for the ViT, the backbone's fine-tuned weights come from the checkpoint, not from the
+    pretrained folder the stage starts with). The finished stage re-run with --resume_from_checkpoint trains no step
+    and saves the same weights again. (The runs share nothing but the seed, so this also checks that a rerun
+    reproduces.)"""
+    def stage1(output_dir, *extra):
+        flags = backbone_run_flags(backbone, cifar10_dir, output_dir, cifar_normalised_vit, "--stage", "1",
+                                   "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", *extra)
+        train(*parse_arguments(flags)[:3])
+        return load_file(output_dir / "stage1/model.safetensors")
+
+    steps = count_training_steps(monkeypatch, kill_at=lambda steps: os.environ.get("KILL_AT_STEP") == str(len(steps)))
+    uninterrupted = stage1(tmp_path / "a")
+    assert steps == [1] * 6
+    steps.clear()
+    monkeypatch.setenv("KILL_AT_STEP", "4")
+    with pytest.raises(KeyboardInterrupt):
+        stage1(tmp_path / "b")
+    monkeypatch.delenv("KILL_AT_STEP")
+    assert (tmp_path / "b/stage1/checkpoint-3").is_dir() and not (tmp_path / "b/stage1/model.safetensors").exists()
+    start = load_file(tmp_path / "b/stage1/checkpoint-3/model.safetensors")  # (save_total_limit 1 deletes it later)
+    steps.clear()
+    resumed = stage1(tmp_path / "b", "--resume_from_checkpoint", "true")
+    assert steps == [1] * 3  # steps 4 to 6
+    steps.clear()
+    rerun = stage1(tmp_path / "b", "--resume_from_checkpoint", "true")  # from checkpoint-6: the stage had finished
+    assert steps == []
+    assert uninterrupted.keys() == resumed.keys() == rerun.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(value, resumed[name]), name
+        assert torch.equal(value, rerun[name]), name
+    backbone_tensors = [name for name in uninterrupted if name.startswith("mislas.")]
+    assert any(not torch.equal(uninterrupted[name], start[name]) for name in backbone_tensors)  # steps 4-6 trained it
+
+
+@pytest.mark.parametrize("backbone", RESUMED_BACKBONES)
+def test_run_killed_inside_stage2_resumes_to_the_uninterrupted_result(
+    backbone, cifar10_dir, tmp_path, monkeypatch, cifar_normalised_vit
+):
+    """Both stages, 6 steps each, checkpoints every 5 steps (and at each stage's end). Stage 2 has 64 images per
+    epoch = 4 batches of 16, so checkpoint-5 sits one batch into its second epoch (the class-aware stream of epoch 1).
+    The run is killed during stage-2 step 6 and resumed with an explicit stage-2 checkpoint path: stage 1, finished,
+    trains no step again (only re-saves and re-evaluates, its weights loaded from its last checkpoint); stage 2 runs
+    its one missing step. Weights and test metrics equal those of the uninterrupted run."""
+    def run(output_dir, *extra):
+        flags = backbone_run_flags(
+            backbone, cifar10_dir, output_dir, cifar_normalised_vit, "--max_train_samples", "64",
+            "--max_eval_samples", "100", "--max_steps", "6", "--per_device_train_batch_size", "16",
+            "--save_strategy", "steps", "--save_steps", "5", *extra,
+        )
+        return train(*parse_arguments(flags)[:3])
+
+    steps = count_training_steps(
+        monkeypatch, kill_at=lambda steps: os.environ.get("KILL_AT_STAGE2_STEP") == str(steps.count(2))
+    )
     uninterrupted = run(tmp_path / "a")
     assert steps == [1] * 6 + [2] * 6
     steps.clear()
@@ -412,7 +469,7 @@ def test_list_file_run_trains_both_stages_and_evaluates_every_test_image(tmp_pat
     # recipes/evaluate_model.py's float32 Trainer normalises the uint8 evaluation batches as the training run's did: the
     # same predictions (its loss is the model's cross-entropy, the run's the stage-2 criterion)
     training_args.output_dir = str(tmp_path / "evaluated")
-    evaluated = evaluate(str(output_dir / "stage2"), data_args, training_args)
+    evaluated = evaluate(EvaluationArguments(model=str(output_dir / "stage2")), data_args, training_args)
     quality = [name for name in results["stage2"] if name != "eval_loss" and "runtime" not in name
                and "per_second" not in name]
     assert "eval_accuracy" in quality and "eval_nll" in quality
