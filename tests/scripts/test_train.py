@@ -317,6 +317,28 @@ def test_killed_run_resumes_to_the_same_weights(backbone, cifar10_dir, tmp_path,
     assert any(not torch.equal(uninterrupted[name], start[name]) for name in backbone_tensors)  # steps 4-6 trained it
 
 
+def test_best_checkpoint_of_a_vit_is_loaded_whole(cifar10_dir, tmp_path, cifar_normalised_vit):
+    """load_best_model_at_end on the ViT: stage 1 for 6 steps, evaluated on the held-out split and saved every 3
+    steps, the best checkpoint the one with the highest loss (greater_is_better, so that it is checkpoint-3 and not
+    the final weights): the saved model is checkpoint-3's, backbone included, not the step-6 weights."""
+    flags = backbone_run_flags(
+        "vit", cifar10_dir, tmp_path, cifar_normalised_vit, "--stage", "1", "--max_steps", "6",
+        "--validation_split_percentage", "10", "--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy",
+        "steps", "--save_steps", "3", "--save_total_limit", "2", "--load_best_model_at_end", "true",
+        "--metric_for_best_model", "loss", "--greater_is_better", "true",
+    )
+    train(*parse_arguments(flags)[:3])
+    state = json.loads((tmp_path / "stage1/checkpoint-6/trainer_state.json").read_text())
+    assert Path(state["best_model_checkpoint"]).name == "checkpoint-3"
+    saved = load_file(tmp_path / "stage1/model.safetensors")
+    best, last = (load_file(tmp_path / f"stage1/checkpoint-{step}/model.safetensors") for step in (3, 6))
+    assert saved.keys() == best.keys()
+    for name, value in best.items():
+        assert torch.equal(saved[name], value), name
+    backbone_tensors = [name for name in best if name.startswith("mislas.backbone.")]
+    assert any(not torch.equal(best[name], last[name]) for name in backbone_tensors)  # steps 4-6 moved the backbone
+
+
 @pytest.mark.parametrize("backbone", RESUMED_BACKBONES)
 def test_run_killed_inside_stage2_resumes_to_the_uninterrupted_result(
     backbone, cifar10_dir, tmp_path, monkeypatch, cifar_normalised_vit
