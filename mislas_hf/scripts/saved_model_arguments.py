@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 from transformers import HfArgumentParser, PreTrainedConfig
 
@@ -31,6 +32,8 @@ def _command_line_values(dataclass_types: tuple, argv: list[str]) -> dict:
 def checkpoint_config(path: str, option: str = "model_name_or_path") -> dict:
     """The `config.json` of the checkpoint (folder or Hub id) that `--option` names, as a dict; `ValueError` when
     there is none."""
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+        raise FileNotFoundError(f"--{option} {path}: no such folder; pass the folder of a saved model or a Hub id")
     try:
         return PreTrainedConfig.get_config_dict(path)[0]
     except OSError as err:

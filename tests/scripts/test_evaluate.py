@@ -296,3 +296,10 @@ def test_bcts_needs_a_recorded_hold_out(tmp_path):
         evaluate_main([str(tmp_path / "model"), "--target_prior", "estimate", "--em_calibration", "bcts",
                        "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path):
+    missing = tmp_path / "run" / "stage2"
+    with pytest.raises(FileNotFoundError, match=rf"--model {missing}: no such folder; pass the folder of a saved model"):
+        evaluate_main([str(missing), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # refused before anything was written
