@@ -6,11 +6,6 @@ stores a download (`models--ORG--NAME/refs/main` holding the revision, files und
 load runs with `HF_HUB_OFFLINE=1`.
 """
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -74,72 +69,15 @@ def test_from_pretrained_by_repo_id_with_the_package(hub_repo, monkeypatch):
     torch.testing.assert_close(pixel_values, hub_repo.pixel_values, atol=1e-6, rtol=0)
 
 
-# Runs in a fresh interpreter standing for a user without mislas_hf: imports of it are refused up front (the
-# package may be installed in this virtual environment, editable or not), and the cwd is not the repository.
-WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class RefuseMislasHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "mislas_hf" or name.startswith("mislas_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r}")
-            return None
-
-    sys.meta_path.insert(0, RefuseMislasHf())
-    try:
-        import mislas_hf
-        sys.exit("mislas_hf is importable in the process that should not have it")
-    except ModuleNotFoundError:
-        pass
-
-    import torch
-    from PIL import Image
-    from transformers import AutoModelForImageClassification, pipeline
-
-    repo_id, image_path, pixels_path, out_path = sys.argv[1:5]
-    model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True).eval()
-    with torch.no_grad():
-        logits = model(torch.load(pixels_path)).logits
-    classifier = pipeline("image-classification", model=repo_id, trust_remote_code=True)
-    predictions = classifier(Image.open(image_path), top_k=10)
-    loaded = sorted(name for name in sys.modules if name.split(".")[0] == "mislas_hf")
-    with open(out_path, "w") as handle:
-        json.dump({"logits": logits.tolist(), "predictions": predictions, "model_module": type(model).__module__,
-                   "mislas_hf_modules": loaded}, handle)
-    """
-)
+def without_package(load_without_package, hub_repo, repo_id) -> dict:
+    """Logits and pipeline predictions of `repo_id` from a fresh interpreter that cannot import mislas_hf
+    (conftest's `load_without_package`), for the image and pixel values of `hub_repo`."""
+    return load_without_package(hub_repo.cache, repo_id, hub_repo.root / "image.png", hub_repo.root / "pixel_values.pt",
+                                hub_repo.root)
 
 
-def load_without_package(hub_repo, repo_id) -> dict:
-    """Logits and pipeline predictions of `repo_id` from a fresh interpreter that cannot import mislas_hf."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHON", "TRANSFORMERS"))}
-    env.update(
-        HF_HUB_CACHE=str(hub_repo.cache),
-        HF_HOME=str(hub_repo.root / "hf_home"),  # remote-code modules are copied here
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONNOUSERSITE="1",
-    )
-    out_path = hub_repo.root / f"without_package_{repo_id.replace('/', '--')}.json"
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PACKAGE, repo_id, str(hub_repo.root / "image.png"),
-         str(hub_repo.root / "pixel_values.pt"), str(out_path)],
-        cwd=hub_repo.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = json.loads(out_path.read_text())
-    assert outputs["mislas_hf_modules"] == []
-    assert outputs["model_module"].startswith("transformers_modules.")  # the code files shipped in the repo
-    return outputs
-
-
-def test_trust_remote_code_and_pipeline_without_the_package(hub_repo):
-    outputs = load_without_package(hub_repo, REPO_ID)
+def test_trust_remote_code_and_pipeline_without_the_package(hub_repo, load_without_package):
+    outputs = without_package(load_without_package, hub_repo, REPO_ID)
     logits = torch.tensor(outputs["logits"])
     assert (logits - hub_repo.logits).abs().max().item() < 1e-6
 
@@ -169,7 +107,9 @@ def add_calibrated_copy(hub_repo, repo_id, temperature):
     (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
 
 
-def test_calibrated_model_gives_softmax_of_logits_over_temperature_everywhere(hub_repo, monkeypatch):
+def test_calibrated_model_gives_softmax_of_logits_over_temperature_everywhere(
+    hub_repo, monkeypatch, load_without_package
+):
     """from_pretrained, AutoModel + trust_remote_code without the package, and pipeline: softmax(z / T) of the
     uncalibrated model's logits z, class-wise T here (T_k divides the logit of class k)."""
     add_calibrated_copy(hub_repo, CALIBRATED_REPO_ID, CLASS_TEMPERATURES)
@@ -182,7 +122,7 @@ def test_calibrated_model_gives_softmax_of_logits_over_temperature_everywhere(hu
     with torch.no_grad():
         assert (model(hub_repo.pixel_values).logits.softmax(-1)[0] - expected).abs().max().item() < 1e-6
 
-    outputs = load_without_package(hub_repo, CALIBRATED_REPO_ID)
+    outputs = without_package(load_without_package, hub_repo, CALIBRATED_REPO_ID)
     remote = torch.tensor(outputs["logits"]).softmax(-1)[0]
     assert (remote - expected).abs().max().item() < 1e-6
     scores = {prediction["label"]: prediction["score"] for prediction in outputs["predictions"]}
