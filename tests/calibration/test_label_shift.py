@@ -104,3 +104,18 @@ def test_em_recovers_a_known_test_prior_from_a_calibrated_model():
     assert np.abs(estimate.prior - target_prior).sum() < 0.02
     # the model's own mean posterior (the first M step) is far from it: EM's re-weighting does the work
     assert np.abs(posteriors.mean(axis=0) - target_prior).sum() > 0.3
+
+
+def test_prior_correction_turns_posteriors_under_the_source_prior_into_posteriors_under_the_target():
+    """Bayes' rule written out: p_t(y|x) = p_s(y|x) pi_t(y) / pi_s(y), renormalised."""
+    from mislas_hf.calibration import prior_correction
+
+    rng = np.random.default_rng(3)
+    source, target = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.2, 0.6])
+    logits = rng.normal(size=(5, 3))
+    p_source = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    p_target = p_source * target / source
+    p_target /= p_target.sum(1, keepdims=True)
+    shifted = logits + prior_correction(source, target)
+    np.testing.assert_allclose(np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True), p_target, atol=1e-12)
+    np.testing.assert_allclose(prior_correction(source), np.log(np.full(3, 1 / 3)) - np.log(source), atol=1e-12)
