@@ -31,11 +31,12 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from subprocess_measurement import measure_in_subprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "recipes/configs/cifar10_lt_if100.yaml"
@@ -120,14 +121,6 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict) -> dict:
-    """`measure(spec)` in a fresh Python process; its figures come back as the last stdout line."""
-    completed = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{spec['variant']} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def format_table(results: list[dict]) -> str:
@@ -193,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "flags": recipe_flags, "dataset_name": options.dataset_name,
         }
         started = time.perf_counter()
-        results.append(run_in_subprocess(spec))
+        results.append(measure_in_subprocess(__file__, spec, spec["variant"]))
         print(f"{variant}: {results[-1]['wall_s']:.1f} s ({time.perf_counter() - started:.0f} s with start-up)",
               file=sys.stderr)
     print(format_table(results))

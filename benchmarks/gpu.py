@@ -29,7 +29,6 @@ It prints a markdown table and writes it (`--markdown`) and the figures (`--json
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -39,18 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import throughput  # benchmarks/ is on sys.path: see subprocess_measurement.py
+from subprocess_measurement import measure_in_subprocess
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def _sibling_script(name: str):
-    """Another script of benchmarks/ as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-throughput = _sibling_script("throughput")
 
 PHASES = {"stage1": "stage 1 (mixup)", "stage2": "stage 2"}
 PACKAGE_VARIANTS = {"fp32": "nchw+fp32", "bf16": "nchw+bf16", "bf16 + channels-last": "channels_last+bf16"}
@@ -440,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "warmup": options.warmup, "steps": options.steps, "config": options.config,
                 "dataset_name": options.dataset_name,
             }
-            images_per_s[phase][column] = throughput.run_in_subprocess(spec)
+            images_per_s[phase][column] = measure_in_subprocess(throughput.__file__, spec, f"{column} / {phase}")
             print(f"{column} / {phase}: {images_per_s[phase][column]['images_per_s']:.0f} images/s", file=sys.stderr)
     report = {
         "command": " ".join(["python", "benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)]),

@@ -46,11 +46,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from subprocess_measurement import measure_in_subprocess
 
 PIPELINES = ("reference", "ours", "device decode", "decode only")
 SPLITS = ("train", "eval")
@@ -249,14 +250,6 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_in_subprocess(spec: dict) -> dict:
-    completed = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"measuring {spec['pipeline']} {spec['split']} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -316,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
         for repeat in range(options.repeats):
             for split in SPLITS:
                 for pipeline in pipelines:
-                    result = run_in_subprocess({**base, "pipeline": pipeline, "split": split})
+                    result = measure_in_subprocess(
+                        __file__, {**base, "pipeline": pipeline, "split": split}, f"measuring {pipeline} {split}"
+                    )
                     runs[pipeline, split].append(result)
                     print(f"  run {repeat + 1}/{options.repeats} {pipeline:13s} {split:5s} "
                           f"{result['images_per_second']:7.1f} images/s", file=sys.stderr)

@@ -30,11 +30,12 @@ import os
 import platform
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from subprocess_measurement import measure_in_subprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "recipes/configs/cifar10_lt_if100.yaml"
@@ -212,14 +213,6 @@ def measure(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_in_subprocess(spec: dict) -> dict:
-    """`measure(spec)` in a fresh Python process; its figures come back as the last stdout line."""
-    completed = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{spec['variant']} / {spec['phase']} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def format_table(results: list[dict]) -> str:
@@ -283,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "steps": options.steps, "config": options.config, "dataset_name": options.dataset_name,
             }
             started = time.perf_counter()
-            runs[variant, phase].append(run_in_subprocess(spec))
+            runs[variant, phase].append(measure_in_subprocess(__file__, spec, f"{variant} / {phase}"))
             print(
                 f"{variant} / {phase}: {runs[variant, phase][-1]['images_per_s']:.1f} images/s "
                 f"({time.perf_counter() - started:.0f} s with start-up)",

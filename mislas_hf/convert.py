@@ -121,6 +121,16 @@ def build_converted_model(
     return model.eval()
 
 
+def _state_dict_file(path: str | os.PathLike, option: str, what: str) -> Path:
+    """`path` as a Path, refused naming `option` when no such file exists (`what`: the state dict it should hold)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{option} {path} not found: pass {what} saved with torch.save(model.state_dict(), FILE)"
+        )
+    return path
+
+
 def _check_output_dir(output_dir: Path) -> None:
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise FileExistsError(
@@ -225,12 +235,10 @@ def convert_backbone(backbone_checkpoint: str | os.PathLike, dataset: str, outpu
             f"--backbone_checkpoint converts torchvision ImageNet ResNets; the reference trains {dataset}'s ResNet-32 "
             "from scratch"
         )
-    backbone_checkpoint, output_dir = Path(backbone_checkpoint), Path(output_dir)
-    if not backbone_checkpoint.is_file():
-        raise FileNotFoundError(
-            f"backbone checkpoint {backbone_checkpoint} not found: pass a torchvision ResNet state dict saved with "
-            "torch.save(model.state_dict(), FILE)"
-        )
+    backbone_checkpoint = _state_dict_file(
+        backbone_checkpoint, "backbone checkpoint", "a torchvision ResNet state dict"
+    )
+    output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     state_dict = load_checkpoint(backbone_checkpoint)
     if MODEL_SECTION in state_dict:
@@ -267,12 +275,8 @@ def convert_timm(timm_checkpoint: str | os.PathLike, architecture: str, output_d
     check_timm_available(architecture)
     import timm
 
-    timm_checkpoint, output_dir = Path(timm_checkpoint), Path(output_dir)
-    if not timm_checkpoint.is_file():
-        raise FileNotFoundError(
-            f"timm checkpoint {timm_checkpoint} not found: pass a state dict saved with torch.save(model.state_dict(), "
-            "FILE)"
-        )
+    timm_checkpoint = _state_dict_file(timm_checkpoint, "timm checkpoint", "a state dict")
+    output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     if not timm.is_model(architecture):
         raise ValueError(

@@ -181,6 +181,23 @@ def test_existing_output_dir_is_kept(tmp_path, cifar_checkpoint, save_like_refer
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
 
 
+@pytest.mark.parametrize(
+    "flags, refusal",
+    [
+        (["--backbone_checkpoint", "resnet152.pth", "--dataset", "places-lt"],
+         "backbone checkpoint {} not found: pass a torchvision ResNet state dict saved with torch.save"),
+        (["--timm_checkpoint", "lite0.pth", "--architecture", "tf_efficientnet_lite0"],
+         "timm checkpoint {} not found: pass a state dict saved with torch.save"),
+    ],
+)
+def test_a_missing_state_dict_file_is_refused_naming_it(tmp_path, capsys, flags, refusal):
+    missing = tmp_path / flags[1]
+    flags = [flags[0], str(missing), *flags[2:], "--output_dir", str(tmp_path / "out")]
+    assert main(flags) == 1
+    assert refusal.format(missing) in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 def test_convert_pushes_the_converted_folder(
     tmp_path, reference_nets, reference_checkpoint, save_like_reference, hub_uploads
 ):

@@ -374,12 +374,22 @@ def compute_metrics(class_counts=None, class_group_boundaries=None, n_bins=15, m
     The returned function takes a ``transformers.EvalPrediction`` (anything
     with ``.predictions`` and ``.label_ids``); when ``predictions`` is a tuple
     (a model returning more than logits) its first element is taken as logits.
+    Logits that are NaN or infinite mean the model diverged: it raises
+    ``FloatingPointError`` saying so, with how many images it concerns.
     """
 
     def _compute(eval_pred):
         logits = eval_pred.predictions
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
+        not_finite = ~np.isfinite(np.asarray(logits, dtype=np.float64)).all(axis=1)
+        if not_finite.any():
+            raise FloatingPointError(
+                f"the model's logits are NaN or infinite for {int(not_finite.sum())} of {len(not_finite)} evaluation "
+                "images: its training diverged (the logged training loss shows where; saved weights are kept). "
+                "Train longer (a few --max_steps of stage 1 give stage 2 an unusable start) or with a lower "
+                "--learning_rate."
+            )
         return calibration_metrics(
             logits,
             eval_pred.label_ids,

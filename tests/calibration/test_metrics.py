@@ -419,3 +419,12 @@ def test_compute_metrics_for_trainer(random_predictions):
         assert set(metrics) == set(expected)
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_compute_metrics_says_the_model_diverged_on_non_finite_logits(random_predictions):
+    from transformers import EvalPrediction
+
+    logits, labels = random_predictions(7, n=50, k=10)
+    logits[[3, 17], 4] = [np.nan, np.inf]
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite for 2 of 50 evaluation images: its training diverged"):
+        compute_metrics()(EvalPrediction(predictions=logits, label_ids=labels))
