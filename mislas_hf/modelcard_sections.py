@@ -15,6 +15,13 @@ from .configuration_mislas import POOLED_FEATURES
 
 PLACEHOLDER_LABEL = re.compile(r"^(LABEL|class)_\d+$")
 STEMS = {"cifar": "CIFAR stem", "imagenet": "ImageNet stem"}
+HEADS = {
+    "mislas": "the MiSLAS classifier of Eq. (4), s, ΔW and b trained",
+    "crt": "cRT, the classifier re-trained (ΔW and b, r = 0), not the MiSLAS classifier",
+    "lws": "LWS, only the scale s trained, not the MiSLAS classifier",
+    "linear": "the stage-1 linear classifier trained again, not the MiSLAS classifier",
+}
+"""A stage-2 card's words for each `head_mode` (`configuration_mislas.HEAD_MODES`)."""
 
 
 def class_count_profile(model_config) -> dict | None:
@@ -52,14 +59,17 @@ def class_count_profile(model_config) -> dict | None:
 def model_description(model_config) -> list[str]:
     """The lines of the card's model description: backbone, weights (stage and head), classes, a frozen backbone,
     the post-hoc calibration."""
-    stage = model_config.stage
-    if stage == 2:
+    if model_config.stage == 2:
         what = (
-            f"stage 2 (classifier learning; head mode `{model_config.head_mode}`, retention factor "
-            f"r = {model_config.retention_factor:g}): the calibrated MiSLAS classifier"
+            f"stage 2 (classifier learning on a class-balanced stream; head mode `{model_config.head_mode}`, retention "
+            f"factor r = {model_config.retention_factor:g}, shifted batch-norm statistics "
+            f"{'on' if model_config.shift_bn else 'off'}): {HEADS[model_config.head_mode]}"
         )
     else:
-        what = "stage 1 (representation learning with mixup, plain linear classifier): not yet the MiSLAS classifier"
+        what = (
+            "stage 1 (representation learning on the long-tailed training set, plain linear classifier; the "
+            "configuration below gives its loss and mixup): not the MiSLAS classifier"
+        )
     lines = [
         _backbone_description(model_config),
         f"**Weights:** {what}.",

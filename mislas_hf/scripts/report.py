@@ -1,5 +1,6 @@
 """What a job writes about a model: the test-set evaluation with the reliability diagram and the model card
-(`report`, stating the length of training, `training_length`), the float32 evaluation of a saved model
+(`report`, stating the length of training, `training_length`, and the paper's numbers where they apply,
+`paper_metrics_for`), the float32 evaluation of a saved model
 (`float32_evaluation_trainer`, `float32_prediction`), the model folder of `evaluate` and `calibrate`
 (`save_model_folder`), and the upload of a finished folder (`push_folder`)."""
 
@@ -82,15 +83,26 @@ def report(
             model_id=model_id,
             training_config_yaml=config_yaml,
             diagram_filename=DIAGRAM_FILENAME,
-            paper_metrics=BENCHMARKS[benchmark.name].paper_results.get(benchmark.imbalance_factor)
-            if benchmark.name in BENCHMARKS
-            else None,
+            paper_metrics=paper_metrics_for(benchmark, model.config),
             preprocessing=benchmark.preprocessing.description(),
             provenance=provenance,
             training=trained,
         )
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def paper_metrics_for(benchmark: LongTailedBenchmark, model_config) -> dict | None:
+    """The paper's MiSLAS numbers for `benchmark` (`BENCHMARKS[...].paper_results`) when `model_config` is the model
+    they were reported for: the benchmark's paper backbone (its first reference backbone), stage 2, the MiSLAS head.
+    None for anything else (stage 1, cRT or LWS, another backbone, your own data), whose card then shows no paper
+    table beside its own numbers."""
+    spec = BENCHMARKS.get(benchmark.name)
+    if spec is None or model_config.stage != 2 or model_config.head_mode != "mislas":
+        return None
+    if model_config.backbone_config is not None or model_config.backbone != spec.reference_backbones[0]:
+        return None
+    return spec.paper_results.get(benchmark.imbalance_factor)
 
 
 def training_length(trainer: Trainer) -> TrainingLength | None:

@@ -101,6 +101,10 @@ def test_card_of_the_real_run_carries_the_measured_metrics(both_stages):
     assert all(result.dataset_split == "test" for result in card.data.eval_results)
     assert "(reliability_diagram.png)" in card.text
     assert "82.1" in card.text  # the paper's CIFAR-10-LT IF100 top-1, in its own table
+    assert "shifted batch-norm statistics on): the MiSLAS classifier of Eq. (4)" in card.text
+    stage1_card = ModelCard.load(output_dir / "stage1/README.md").text
+    assert "Reported in the paper" not in stage1_card  # the paper's table is stage 2's
+    assert "stage 1 (representation learning on the long-tailed training set" in stage1_card
 
 
 def test_stage2_changes_only_the_head_and_bn_statistics(both_stages):

@@ -93,6 +93,7 @@ def test_stage1_fine_tunes_the_backbone_and_stage2_trains_the_head(kind, trained
     backbone_name = "timm/test_efficientnet" if kind == "timm" else MODEL_TYPES[kind]
     assert f"**Backbone:** {backbone_name} (transformers `" in card
     assert f"pretrained weights from `{tiny_vision_checkpoint(kind)}`" in card
+    assert f"shifted batch-norm statistics {'on' if kind in HAS_BATCH_NORM else 'off'})" in card
 
 
 def initial_model(folder):
