@@ -14,7 +14,8 @@ full model (backbone and trained head), evaluated on images.
   training transform per image (torch's RNG seeded with the run's seed during extraction). An epoch is the
   uncached one: the sampler draws as many images as the training set has; each draw of an image takes one of its K
   views, uniformly at random (`CachedFeatureTransform`), where the uncached run would draw a new augmentation.
-* Layout. `OUTPUT_DIR/feature_cache/<fingerprint>/`: a `datasets.Dataset` written by `save_to_disk` (Arrow) with one
+* Layout. `OUTPUT_DIR/feature_cache/<fingerprint>/` (`--feature_cache_dir DIR`: `DIR/<fingerprint>/`, which runs
+  given the same DIR share): a `datasets.Dataset` written by `save_to_disk` (Arrow) with one
   row per training image, in the training set's order: `image_index`, the label column (its feature kept), and
   `pooled_features` (`Array2D` of shape (K, D), float32), plus `feature_cache_key.json`, what the fingerprint
   hashes. The cache sits beside the stage folders, not inside them: a stage folder is the model pushed to the Hub.

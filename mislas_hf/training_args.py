@@ -106,10 +106,19 @@ class MislasTrainingArguments(TrainingArguments):
         metadata={
             "help": "Train the head from cached features (mislas_hf.feature_cache), in every stage the run trains: "
             "the frozen backbone's pooled features of K views per training image (K = 1: the evaluation transform; "
-            "K > 1: K draws of the training transform) are computed once into OUTPUT_DIR/feature_cache/ and reused "
-            "by reruns. Needs a backbone whose output cannot change: stage 2 with shift_bn false (shifted BN changes "
+            "K > 1: K draws of the training transform) are computed once into OUTPUT_DIR/feature_cache/ (or "
+            "--feature_cache_dir) and reused by reruns. Needs a backbone whose output cannot change: stage 2 with shift_bn false (shifted BN changes "
             "it at every step); stage 1 with --freeze_backbone true, no extra block and mixup_alpha 0 (the linear "
             "probe). Unset: the stages train on images."
+        },
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "With cached_feature_views: the folder of the feature caches, in place of "
+            "OUTPUT_DIR/feature_cache/. Runs given the same folder share their caches (each sits in a subfolder named by the fingerprint of its "
+            "backbone, images and transform, so a run reuses only features of its own backbone, images and "
+            "transform): e.g. several stage-2 heads trained on one frozen backbone extract its features once."
         },
     )
     head_mode: str = field(
@@ -205,6 +214,12 @@ class MislasTrainingArguments(TrainingArguments):
             raise ValueError(f"backbone_learning_rate={self.backbone_learning_rate} must be >= 0.")
         if self.cached_feature_views is not None:
             self._check_cacheable_stages()
+        elif self.feature_cache_dir is not None:
+            raise ValueError(
+                f"feature_cache_dir={self.feature_cache_dir!r} is where cached features go, but cached_feature_views "
+                "is unset, so this run trains on images and caches nothing: pass --cached_feature_views 1 (or K), or "
+                "leave feature_cache_dir unset."
+            )
         if self.lr_decay_epochs is not None and list(self.lr_decay_epochs) != sorted(self.lr_decay_epochs):
             raise ValueError(f"lr_decay_epochs={self.lr_decay_epochs} must be increasing.")
 

@@ -364,6 +364,30 @@ def test_recipe_trains_stage2_from_the_cache_and_saves_a_full_model(
     assert list((output_dir / FEATURE_CACHE_DIRNAME).iterdir()) == caches
 
 
+def test_runs_given_one_feature_cache_dir_share_its_cache(tiny_cifar10_model, cifar10_dir, tmp_path, monkeypatch):
+    """--feature_cache_dir: a cRT and a MiSLAS stage 2 of one stage-1 model, in two output folders, extract the
+    features once, into that folder and not under either OUTPUT_DIR."""
+    extractions = count_extractions(monkeypatch)
+    tiny_cifar10_model().save_pretrained(tmp_path / "stage1")
+    shared = tmp_path / "features"
+    for head_mode in ("crt", "mislas"):
+        flags = recipe_flags(cifar10_dir, tmp_path / head_mode, "--stage", "2", "--model_name_or_path",
+                             str(tmp_path / "stage1"), "--cached_feature_views", "1", "--shift_bn", "false",
+                             "--max_steps", "2", "--head_mode", head_mode, "--feature_cache_dir", str(shared))
+        train(*parse_arguments(flags)[:3])
+        assert not (tmp_path / head_mode / FEATURE_CACHE_DIRNAME).exists()
+    assert extractions == [1]
+    caches = list(shared.iterdir())
+    assert len(caches) == 1 and (caches[0] / "dataset_info.json").is_file()
+
+
+def test_feature_cache_dir_without_cached_features_is_refused(cifar10_dir, tmp_path):
+    flags = recipe_flags(cifar10_dir, tmp_path / "out", "--feature_cache_dir", str(tmp_path / "features"))
+    with pytest.raises(ValueError, match=r"feature_cache_dir=.* but cached_feature_views is unset.*--cached_feature_vi"):
+        parse_arguments(flags)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_recipe_linear_probe_trains_both_stages_from_one_cache(
     tiny_vision_checkpoint, cifar10_dir, tmp_path, monkeypatch
 ):

@@ -4,7 +4,8 @@ by `MislasTrainer`, resumed when asked (`checkpoint_to_resume`, `finished_state`
 
 Output layout of a run: `OUTPUT_DIR/stage1/` and `OUTPUT_DIR/stage2/`, each a `save_pretrained` folder with the
 image processor, `eval_results.json`, `reliability_diagram.png` and a `README.md` model card, plus
-`OUTPUT_DIR/all_results.json`; with `--cached_feature_views`, `OUTPUT_DIR/feature_cache/` (`mislas_hf.feature_cache`).
+`OUTPUT_DIR/all_results.json`; with `--cached_feature_views`, `OUTPUT_DIR/feature_cache/` or `--feature_cache_dir`
+(`mislas_hf.feature_cache`).
 """
 
 import dataclasses
@@ -114,7 +115,8 @@ def run_stage(
     else:
         if stage_args.cached_feature_views is not None:  # the head trains from cached backbone features
             trainer.train_dataset = cached_feature_training_set(
-                trainer, test, benchmark.preprocessing, os.path.join(args.output_dir, FEATURE_CACHE_DIRNAME)
+                trainer, test, benchmark.preprocessing,
+                args.feature_cache_dir or os.path.join(args.output_dir, FEATURE_CACHE_DIRNAME),
             )
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_metrics("train", result.metrics, combined=False)
